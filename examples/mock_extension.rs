@@ -1,0 +1,95 @@
+//! A mock extension for tests and demos, built on `exthost::server`.
+//!
+//! Started exactly as a host starts extensions:
+//!
+//! ```text
+//! mock_extension serve --socket PATH
+//! ```
+//!
+//! Tools (each name prefixed with `$MOCK_PREFIX`, empty by default):
+//!
+//! - `echo`: returns its arguments unchanged;
+//! - `sleep`: `{"ms": N}`, sleeps N milliseconds, then answers `slept N ms`;
+//! - `fail`: answers with an `error` response;
+//! - `crash`: exits the process at once (status 101) without answering;
+//! - `pid`: returns the process id.
+//!
+//! Environment: `MOCK_SERVICE` names the service (default `mock`);
+//! `MOCK_PREFIX` prefixes the tool names; `MOCK_SHUTDOWN_FILE`, when set, is
+//! written with `shutdown` or `signal` when the extension stops, so tests can
+//! see how it was stopped. It answers service queries with
+//! `{"service": …, "query": …}` and `get_schema` with a small schema.
+
+use std::time::Duration;
+
+use exthost::server::{Call, Extension, Stopped};
+use exthost::Tool;
+use serde_json::json;
+use tower::service_fn;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let service = std::env::var("MOCK_SERVICE").unwrap_or_else(|_| "mock".to_owned());
+    let prefix = std::env::var("MOCK_PREFIX").unwrap_or_default();
+    let object = json!({"type": "object"});
+    let tools = [
+        ("echo", "Returns its arguments unchanged", object.clone()),
+        (
+            "sleep",
+            "Sleeps for `ms` milliseconds",
+            json!({"type": "object", "properties": {"ms": {"type": "integer", "minimum": 0}}, "required": ["ms"]}),
+        ),
+        ("fail", "Always answers with an error", object.clone()),
+        (
+            "crash",
+            "Exits the extension process without answering",
+            object.clone(),
+        ),
+        ("pid", "Returns the extension's process id", object),
+    ];
+    let ext = Extension::new(service.clone())
+        .tools(
+            tools
+                .into_iter()
+                .map(|(name, desc, params)| Tool::new(format!("{prefix}{name}"), desc, params)),
+        )
+        .query(true)
+        .config_schema(&json!({"type": "object", "properties": {"greeting": {"type": "string"}}}));
+
+    let handler = service_fn(move |call: Call| {
+        let (prefix, service) = (prefix.clone(), service.clone());
+        async move {
+            match call {
+                Call::Tool(t) => match t.name.strip_prefix(prefix.as_str()).unwrap_or_default() {
+                    "echo" => Ok(t.args),
+                    "sleep" => {
+                        let args: serde_json::Value = serde_json::from_str(&t.args)
+                            .map_err(|e| format!("sleep: bad arguments: {e}"))?;
+                        let ms = args["ms"].as_u64().ok_or("sleep: `ms` must be a number")?;
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Ok(format!("slept {ms} ms"))
+                    }
+                    "fail" => Err(format!("{} failed as requested", t.name)),
+                    "crash" => std::process::exit(101),
+                    "pid" => Ok(std::process::id().to_string()),
+                    _ => Err(format!("unknown tool: {}", t.name)),
+                },
+                Call::Query(query) => Ok(json!({"service": service, "query": query}).to_string()),
+                Call::Configure(config) => serde_json::from_str::<serde_json::Value>(&config)
+                    .map(|_| String::new())
+                    .map_err(|e| format!("configuration is not JSON: {e}")),
+                _ => Err("unsupported request".to_owned()),
+            }
+        }
+    });
+
+    let stopped = ext.run(handler).await?;
+    if let Ok(path) = std::env::var("MOCK_SHUTDOWN_FILE") {
+        let how = match stopped {
+            Stopped::Shutdown => "shutdown",
+            _ => "signal",
+        };
+        std::fs::write(path, how)?;
+    }
+    Ok(())
+}

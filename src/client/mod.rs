@@ -1,0 +1,280 @@
+//! The host's side of one extension connection, as a [`tower::Service`].
+//!
+//! A [`Connection`] sends [`ExtRequest`]s over any byte stream (a Unix
+//! socket in practice) and resolves each call with its own [`ExtResponse`].
+//! It runs on [`tokio_tower::pipeline::Client`], which matches answers to
+//! requests strictly by order, and adds what the protocol needs on top:
+//!
+//! - **A caller that gives up never shifts the answers.** A timed-out call's
+//!   request stays in the queue; its late answer is read and thrown away.
+//! - **The in-flight limit counts what the extension still owes.** A
+//!   request holds one of `max_in_flight` slots until its answer arrives,
+//!   not until its caller stops waiting, so callers never pile up behind an
+//!   extension that has fallen silent.
+//! - **Violations reset the connection.** An answer with nothing pending, an
+//!   answer of the wrong kind, an undecodable or oversized frame, or an
+//!   oldest request overdue past `stuck_after` fails every pending call with
+//!   a typed [`ConnectionError`].
+//! - **The cause is kept.** Once the transport fails, every pending and later
+//!   call gets the same error, and [`poll_ready`] reports it, so a
+//!   reconnecting layer can replace the connection.
+//!
+//! `Connection` is cheap to clone; clones share the socket and may be used
+//! from many tasks at once. No task sits between callers and the
+//! connection's single worker task.
+//!
+//! # Example
+//!
+//! ```
+//! use exthost::client::Connection;
+//! use exthost::proto::ExtRequest;
+//! use exthost::server::{Call, Extension};
+//! use exthost::Tool;
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // An in-memory pipe stands in for the extension's socket.
+//! let (host_io, ext_io) = tokio::io::duplex(4096);
+//! let echo = Extension::new("demo")
+//!     .tool(Tool::new("echo", "Returns its arguments", serde_json::json!({"type": "object"})));
+//! tokio::spawn(echo.serve_connection(
+//!     ext_io,
+//!     service_fn(|call: Call| async move { Ok::<_, std::convert::Infallible>(call.into_args()) }),
+//! ));
+//!
+//! let conn = Connection::new(host_io);
+//! let resp = conn.oneshot(ExtRequest::tool_call("echo", r#"{"hi":1}"#)).await?;
+//! assert_eq!(resp, exthost::proto::ExtResponse::tool_result(r#"{"hi":1}"#));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`poll_ready`]: tower::Service::poll_ready
+
+mod error;
+mod transport;
+
+pub use error::ConnectionError;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
+use tower::Service;
+
+use crate::codec::ClientCodec;
+use crate::proto::{ExtRequest, ExtResponse};
+use transport::{Tagged, Transport};
+
+type Pipeline = tokio_tower::pipeline::Client<Transport, WorkerError, Tagged>;
+
+/// The pipeline worker's own error. Its cause is already recorded by the
+/// transport before the worker sees it, so it carries nothing.
+struct WorkerError;
+
+impl From<tokio_tower::Error<Transport, Tagged>> for WorkerError {
+    fn from(_: tokio_tower::Error<Transport, Tagged>) -> Self {
+        WorkerError
+    }
+}
+
+/// A request service over one extension connection.
+///
+/// See the [module documentation](self) for what it guarantees.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The pipeline client is not `Clone`; callers take turns handing their
+    /// request to its worker. The lock is held only for that hand-off.
+    client: tokio::sync::Mutex<Pipeline>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    failure: Arc<OnceLock<ConnectionError>>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("max_in_flight", &self.shared.max_in_flight)
+            .field("failure", &self.shared.failure.get())
+            .finish()
+    }
+}
+
+/// Settings for a [`Connection`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    max_in_flight: usize,
+    stuck_after: Option<Duration>,
+    max_frame_len: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            max_in_flight: 1,
+            stuck_after: None,
+            max_frame_len: crate::codec::MAX_FRAME_LEN,
+        }
+    }
+}
+
+impl Builder {
+    /// How many requests the extension may owe answers to at once (default 1).
+    ///
+    /// More than one pipelines requests on the connection; the extension
+    /// still answers in order.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is zero.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        assert!(n > 0, "max_in_flight must be at least 1");
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Reset the connection when its oldest request has been unanswered for
+    /// this long (default: never). Set it to the call timeout plus a margin.
+    pub fn stuck_after(mut self, after: Option<Duration>) -> Self {
+        self.stuck_after = after;
+        self
+    }
+
+    /// The largest frame accepted or sent (default and maximum of the
+    /// protocol: 16 MiB).
+    pub fn max_frame_len(mut self, len: usize) -> Self {
+        self.max_frame_len = len;
+        self
+    }
+
+    /// Starts a connection over `io`. Must be called inside a tokio runtime:
+    /// it spawns the connection's worker task.
+    pub fn build<T>(self, io: T) -> Connection
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let failure = Arc::new(OnceLock::new());
+        let transport = Transport::new(
+            Box::new(io),
+            ClientCodec::with_max_frame_len(self.max_frame_len),
+            failure.clone(),
+            self.stuck_after,
+        );
+        let client = Pipeline::new(transport);
+        Connection {
+            shared: Arc::new(Shared {
+                client: tokio::sync::Mutex::new(client),
+                in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
+                max_in_flight: self.max_in_flight,
+                failure,
+            }),
+        }
+    }
+}
+
+impl Connection {
+    /// Starts a connection over `io` with default settings.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub fn new<T>(io: T) -> Self
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Builder::default().build(io)
+    }
+
+    /// Settings for a new connection.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Why the connection failed, if it has.
+    pub fn failure(&self) -> Option<&ConnectionError> {
+        self.shared.failure.get()
+    }
+
+    /// Whether the connection has failed; every call on it now fails.
+    pub fn is_broken(&self) -> bool {
+        self.failure().is_some()
+    }
+
+    /// Requests the extension still owes answers to, including those whose
+    /// callers have given up.
+    pub fn in_flight(&self) -> usize {
+        self.shared.max_in_flight - self.shared.in_flight.available_permits()
+    }
+
+    fn error(&self) -> ConnectionError {
+        self.failure().cloned().unwrap_or(ConnectionError::Closed)
+    }
+}
+
+impl Service<ExtRequest> for Connection {
+    type Response = ExtResponse;
+    type Error = ConnectionError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Waiting for an in-flight slot happens inside the call, so that a
+        // timeout around the call covers queueing too.
+        match self.failure() {
+            Some(e) => Poll::Ready(Err(e.clone())),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: ExtRequest) -> Self::Future {
+        let this = self.clone();
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let permit = this
+                    .shared
+                    .in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the in-flight semaphore is never closed");
+                let response = {
+                    let mut client = this.shared.client.lock().await;
+                    std::future::poll_fn(|cx| client.poll_ready(cx))
+                        .await
+                        .map_err(|_| this.error())?;
+                    client.call(Tagged {
+                        req,
+                        permit: Some(permit),
+                    })
+                };
+                response.await.map_err(|_| this.error())
+            }),
+        }
+    }
+}
+
+/// The future of one [`Connection`] call.
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<ExtResponse, ConnectionError>> + Send>>,
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<ExtResponse, ConnectionError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}

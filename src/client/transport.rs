@@ -1,0 +1,226 @@
+//! The framed socket under tokio-tower's pipeline client, with the
+//! bookkeeping that keeps answers matched to requests.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_util::Sink;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tokio_util::codec::Framed;
+
+use super::ConnectionError;
+use crate::codec::ClientCodec;
+use crate::proto::{ext_response::Msg, ExtRequest, ExtResponse, RequestKind};
+
+/// Any byte stream a connection can run over.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A request on its way to the socket, with the in-flight slot it holds.
+pub(crate) struct Tagged {
+    pub(crate) req: ExtRequest,
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+}
+
+/// One request the extension has not answered yet.
+struct Slot {
+    kind: RequestKind,
+    sent_at: Instant,
+    /// Released when the answer arrives (or the connection dies), not when
+    /// the caller gives up: the limit counts what the extension still owes.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Sink of requests and stream of responses over one framed socket.
+///
+/// Besides framing, it enforces the answer-matching rules: each answer must
+/// be of the kind its request expects, an answer with nothing pending is a
+/// violation, `shutdown` (which gets no answer) yields a synthetic empty
+/// response in its place in the order, and a connection whose oldest request
+/// is overdue past `stuck_after` fails. Every failure is recorded in
+/// `failure` before it is returned, so callers that see their request
+/// dropped can report the real cause.
+pub(crate) struct Transport {
+    framed: Framed<Box<dyn Io>, ClientCodec>,
+    pending: VecDeque<Slot>,
+    failure: Arc<OnceLock<ConnectionError>>,
+    stuck_after: Option<Duration>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("pending", &self.pending.len())
+            .field("stuck_after", &self.stuck_after)
+            .finish()
+    }
+}
+
+impl Transport {
+    pub(crate) fn new(
+        io: Box<dyn Io>,
+        codec: ClientCodec,
+        failure: Arc<OnceLock<ConnectionError>>,
+        stuck_after: Option<Duration>,
+    ) -> Self {
+        Transport {
+            framed: Framed::new(io, codec),
+            pending: VecDeque::new(),
+            failure,
+            stuck_after,
+            timer: None,
+        }
+    }
+
+    fn fail(&self, e: ConnectionError) -> ConnectionError {
+        let _ = self.failure.set(e);
+        self.failure.get().expect("failure was just set").clone()
+    }
+
+    /// Fails if the oldest pending request is overdue; otherwise arms the
+    /// timer for its due time. The timer is re-armed only when it fires, so
+    /// a busy connection pays for one reset per `stuck_after` period.
+    fn poll_stuck(&mut self, cx: &mut Context<'_>) -> Result<(), ConnectionError> {
+        let (Some(after), Some(front)) = (self.stuck_after, self.pending.front()) else {
+            return Ok(());
+        };
+        let (request, sent_at) = (front.kind, front.sent_at);
+        let due = sent_at + after;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if now >= due {
+                let waited = now - sent_at;
+                let _ = self.failure.set(ConnectionError::Stuck { request, waited });
+                return Err(self.failure.get().expect("failure was just set").clone());
+            }
+            timer.as_mut().reset(due);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `resp` is an acceptable answer to a `req` request.
+fn answers(req: RequestKind, resp: &ExtResponse) -> bool {
+    matches!(
+        (req, &resp.msg),
+        (_, Some(Msg::Error(_)))
+            | (RequestKind::Hello, Some(Msg::Ready(_)))
+            | (RequestKind::RegisterTools, Some(Msg::ToolSchemas(_)))
+            | (RequestKind::ToolCall, Some(Msg::ToolResult(_)))
+            | (RequestKind::ServiceQuery, Some(Msg::ServiceQueryResult(_)))
+            | (RequestKind::Configure, Some(Msg::Configured(_)))
+            | (RequestKind::GetSchema, Some(Msg::SchemaResult(_)))
+    )
+}
+
+impl Sink<Tagged> for Transport {
+    type Error = ConnectionError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = &mut *self;
+        if let Err(e) = ready!(Pin::new(&mut this.framed).poll_ready(cx)) {
+            return Poll::Ready(Err(this.fail(e.into())));
+        }
+        // With nothing pending, tokio-tower does not read. Watch the socket
+        // anyway: an unsolicited answer must not be handed to the next
+        // request, and a peer that goes away should be noticed at once.
+        if this.pending.is_empty() {
+            match Pin::new(&mut this.framed).poll_next(cx) {
+                Poll::Pending => {}
+                Poll::Ready(None) => return Poll::Ready(Err(this.fail(ConnectionError::Closed))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(this.fail(e.into()))),
+                Poll::Ready(Some(Ok(resp))) => {
+                    let e = ConnectionError::Unsolicited {
+                        response: resp.kind_name(),
+                    };
+                    return Poll::Ready(Err(this.fail(e)));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Tagged) -> Result<(), Self::Error> {
+        let this = &mut *self;
+        let kind = item.req.kind();
+        if let Err(e) = Pin::new(&mut this.framed).start_send(item.req) {
+            return Err(this.fail(e.into()));
+        }
+        this.pending.push_back(Slot {
+            kind,
+            sent_at: Instant::now(),
+            _permit: item.permit,
+        });
+        Ok(())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = &mut *self;
+        Pin::new(&mut this.framed)
+            .poll_flush(cx)
+            .map_err(|e| this.fail(e.into()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = &mut *self;
+        Pin::new(&mut this.framed)
+            .poll_close(cx)
+            .map_err(|e| this.fail(e.into()))
+    }
+}
+
+impl Stream for Transport {
+    type Item = Result<ExtResponse, ConnectionError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(front) = this.pending.front() {
+            if front.kind == RequestKind::Shutdown {
+                // `shutdown` gets no answer: stand one in, in its place.
+                this.pending.pop_front();
+                return Poll::Ready(Some(Ok(ExtResponse::default())));
+            }
+        }
+        let polled = Pin::new(&mut this.framed).poll_next(cx);
+        let item = match polled {
+            Poll::Pending => {
+                if let Err(e) = this.poll_stuck(cx) {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(item) => item,
+        };
+        let resp = match item {
+            Some(Ok(resp)) => resp,
+            Some(Err(e)) => return Poll::Ready(Some(Err(this.fail(e.into())))),
+            None => return Poll::Ready(Some(Err(this.fail(ConnectionError::Closed)))),
+        };
+        let Some(slot) = this.pending.pop_front() else {
+            let e = ConnectionError::Unsolicited {
+                response: resp.kind_name(),
+            };
+            return Poll::Ready(Some(Err(this.fail(e))));
+        };
+        if !answers(slot.kind, &resp) {
+            let e = ConnectionError::WrongResponse {
+                request: slot.kind,
+                response: resp.kind_name(),
+            };
+            return Poll::Ready(Some(Err(this.fail(e))));
+        }
+        Poll::Ready(Some(Ok(resp)))
+    }
+}

@@ -1,0 +1,70 @@
+//! A tower-based host for AI-agent tool extensions running as separate
+//! processes.
+//!
+//! An agent server embeds exthost as its tool backend. Each extension is a
+//! process that serves a small protobuf protocol on a Unix socket; exthost
+//! connects to it, runs the handshake, learns its tools, and turns the
+//! connection into a [`tower::Service`] that callers share. Every piece is a
+//! tower service or layer, so users can put their own middleware (retry,
+//! metrics, rate limits) anywhere in the stack.
+//!
+//! The modules follow the data flow:
+//!
+//! - [`proto`]: the wire messages, generated from `proto/ext.proto`.
+//! - [`codec`]: 4-byte big-endian length + protobuf framing, 16 MiB maximum.
+//! - [`client`]: one extension connection as a `Service<ExtRequest>`, on
+//!   tokio-tower's pipeline client; answers can never be mixed up.
+//! - [`trace`] and [`stack`]: the per-extension stack (tracing, timeout,
+//!   in-flight limit).
+//! - [`handshake`]: `hello`, `configure`, `register_tools`.
+//! - [`server`]: the extension's side, for extension authors.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use exthost::handshake::handshake;
+//! use exthost::proto::{ExtRequest, ExtResponse};
+//! use exthost::server::{Call, Extension};
+//! use exthost::stack::StackBuilder;
+//! use exthost::Tool;
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The extension side, here in-process over an in-memory pipe.
+//! let (host_io, ext_io) = tokio::io::duplex(4096);
+//! let ext = Extension::new("greeter")
+//!     .tool(Tool::new("greet", "Says hello", serde_json::json!({"type": "object"})));
+//! tokio::spawn(ext.serve_connection(ext_io, service_fn(|call: Call| async move {
+//!     match call {
+//!         Call::Tool(t) => Ok::<_, std::convert::Infallible>(format!("hello, {}", t.args)),
+//!         _ => Ok(String::new()),
+//!     }
+//! })));
+//!
+//! // The host side.
+//! let mut svc = StackBuilder::new("greeter").timeout(Duration::from_secs(5)).build(host_io);
+//! let info = handshake(&mut svc, &serde_json::json!({}), Duration::from_secs(10)).await?;
+//! assert_eq!(info.tools[0].name, "greet");
+//! let resp = svc.oneshot(ExtRequest::tool_call("greet", "world")).await?;
+//! assert_eq!(resp, ExtResponse::tool_result("hello, world"));
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
+
+pub mod client;
+pub mod codec;
+pub mod handshake;
+pub mod proto;
+pub mod server;
+pub mod stack;
+mod tool;
+pub mod trace;
+
+pub use tool::{BadToolSchema, Tool};
+pub use tower::BoxError;
