@@ -29,6 +29,11 @@ use tower::service_fn;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Logs go to stderr, which the host sends to the service's log file.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let service = std::env::var("MOCK_SERVICE").unwrap_or_else(|_| "mock".to_owned());
     let prefix = std::env::var("MOCK_PREFIX").unwrap_or_default();
     let object = json!({"type": "object"});

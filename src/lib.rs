@@ -31,7 +31,7 @@
 //! use tower::{service_fn, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> Result<(), exthost::BoxError> {
 //! // The extension side, here in-process over an in-memory pipe.
 //! let (host_io, ext_io) = tokio::io::duplex(4096);
 //! let ext = Extension::new("greeter")

@@ -209,10 +209,13 @@ proptest! {
     }
 }
 
+/// Bytes of one message, and a check of what they must decode as.
+type Case<M> = (&'static [u8], fn(&M) -> bool);
+
 #[test]
 fn oneof_numbers_match_the_wire_table() {
     // Spot-check field numbers against DESIGN.md by decoding hand-made tags.
-    let cases: &[(&[u8], fn(&ExtRequest) -> bool)] = &[
+    let cases: &[Case<ExtRequest>] = &[
         (b"\x0a\x00", |r| {
             matches!(r.msg, Some(ext_request::Msg::Hello(_)))
         }),
@@ -239,7 +242,7 @@ fn oneof_numbers_match_the_wire_table() {
         let r = <ExtRequest as prost::Message>::decode(*bytes).unwrap();
         assert!(check(&r), "{bytes:?} decoded as {r:?}");
     }
-    let cases: &[(&[u8], fn(&ExtResponse) -> bool)] = &[
+    let cases: &[Case<ExtResponse>] = &[
         (b"\x0a\x00", |r| {
             matches!(r.msg, Some(ext_response::Msg::Ready(_)))
         }),

@@ -40,7 +40,12 @@
 //!     .tool(Tool::new("echo", "Returns its arguments", serde_json::json!({"type": "object"})));
 //! tokio::spawn(echo.serve_connection(
 //!     ext_io,
-//!     service_fn(|call: Call| async move { Ok::<_, std::convert::Infallible>(call.into_args()) }),
+//!     service_fn(|call: Call| async move {
+//!         match call {
+//!             Call::Tool(t) => Ok::<_, std::convert::Infallible>(t.args),
+//!             _ => Ok(String::new()),
+//!         }
+//!     }),
 //! ));
 //!
 //! let conn = Connection::new(host_io);

@@ -245,7 +245,11 @@ impl Extension {
                 accepted = listener.accept() => {
                     let (io, _) = accepted.map_err(ServeError::Accept)?;
                     let conn = self.connection(io, service.clone(), token.clone());
-                    tokio::spawn(conn);
+                    tokio::spawn(async move {
+                        if let Err(error) = conn.await {
+                            tracing::warn!(%error, "extension connection failed");
+                        }
+                    });
                 }
             }
         }

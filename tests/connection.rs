@@ -1,0 +1,259 @@
+//! One extension connection: answers are never mixed up, in-flight slots
+//! are held until answered, and failures carry their cause.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fake_pair, FakeExt};
+use exthost::client::{Connection, ConnectionError};
+use exthost::proto::{ExtRequest, ExtResponse, RequestKind};
+use futures::{SinkExt, StreamExt};
+use tower::{Service, ServiceExt};
+
+async fn recv(ext: &mut FakeExt) -> ExtRequest {
+    ext.next().await.expect("host closed").expect("bad frame")
+}
+
+/// True if the fake extension receives nothing more until the (paused)
+/// clock has run 1 s ahead with every task idle.
+async fn receives_nothing(ext: &mut FakeExt) -> bool {
+    tokio::time::timeout(Duration::from_secs(1), ext.next())
+        .await
+        .is_err()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn timed_out_call_never_receives_a_later_answer() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder().max_in_flight(2).build(io);
+
+    let first = tokio::time::timeout(
+        Duration::from_millis(50),
+        conn.clone().oneshot(ExtRequest::tool_call("slow", "1")),
+    );
+    let (first, req) = tokio::join!(first, recv(&mut ext));
+    assert!(first.is_err(), "the first call must time out");
+    assert_eq!(req.tool_name(), Some("slow"));
+
+    let second = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("fast", "2")));
+    assert_eq!(recv(&mut ext).await.tool_name(), Some("fast"));
+    // The late answer to the first call arrives first, then the second's.
+    ext.send(ExtResponse::tool_result("late answer to slow"))
+        .await
+        .unwrap();
+    ext.send(ExtResponse::tool_result("answer to fast"))
+        .await
+        .unwrap();
+    let got = second.await.unwrap().unwrap();
+    assert_eq!(got, ExtResponse::tool_result("answer to fast"));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn timed_out_request_keeps_its_in_flight_slot_until_answered() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::new(io); // max_in_flight 1
+    let first = tokio::time::timeout(
+        Duration::from_millis(50),
+        conn.clone().oneshot(ExtRequest::tool_call("slow", "1")),
+    );
+    let (first, _) = tokio::join!(first, recv(&mut ext));
+    assert!(first.is_err());
+    assert_eq!(conn.in_flight(), 1, "the unanswered request holds its slot");
+
+    let second = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("next", "2")));
+    assert!(
+        receives_nothing(&mut ext).await,
+        "a second request was sent while the first is unanswered"
+    );
+    ext.send(ExtResponse::tool_result("late")).await.unwrap();
+    assert_eq!(recv(&mut ext).await.tool_name(), Some("next"));
+    ext.send(ExtResponse::tool_result("mine")).await.unwrap();
+    assert_eq!(
+        second.await.unwrap().unwrap(),
+        ExtResponse::tool_result("mine")
+    );
+    assert_eq!(conn.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn pipelined_requests_get_their_own_answers_in_order() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder().max_in_flight(8).build(io);
+    let calls: Vec<_> = (0..8)
+        .map(|i| tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("echo", i.to_string()))))
+        .collect();
+    for _ in 0..8 {
+        let req = recv(&mut ext).await;
+        let args = req.as_tool_call().unwrap().args.clone();
+        ext.send(ExtResponse::tool_result(args)).await.unwrap();
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            ExtResponse::tool_result(i.to_string())
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn transport_closed_mid_call_fails_pending_and_later_calls_with_the_cause() {
+    let (io, mut ext) = fake_pair();
+    let mut conn = Connection::builder().max_in_flight(2).build(io);
+    let a = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("a", "")));
+    let b = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("b", "")));
+    recv(&mut ext).await;
+    recv(&mut ext).await;
+    drop(ext);
+    for call in [a, b] {
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, ConnectionError::Closed), "{err:?}");
+    }
+    assert!(conn.is_broken());
+    let err = futures::future::poll_fn(|cx| conn.poll_ready(cx))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectionError::Closed), "{err:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn extension_going_away_while_idle_breaks_the_connection() {
+    let (io, ext) = fake_pair();
+    let conn = Connection::new(io);
+    drop(ext);
+    // The worker notices the close without any request being made.
+    while !conn.is_broken() {
+        tokio::task::yield_now().await;
+    }
+    assert!(matches!(conn.failure(), Some(ConnectionError::Closed)));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn answer_of_the_wrong_kind_is_a_protocol_violation() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder().max_in_flight(2).build(io);
+    let a = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("a", "")));
+    let b = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("b", "")));
+    recv(&mut ext).await;
+    recv(&mut ext).await;
+    ext.send(ExtResponse::configured()).await.unwrap();
+    let err = a.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectionError::WrongResponse {
+                request: RequestKind::ToolCall,
+                response: "configured"
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_protocol_violation());
+    // The other pending call fails with the same cause instead of waiting.
+    let err = b.await.unwrap().unwrap_err();
+    assert!(matches!(err, ConnectionError::WrongResponse { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unsolicited_answer_is_never_handed_to_the_next_request() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::new(io);
+    let one = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("one", "")));
+    recv(&mut ext).await;
+    // One request, two answers.
+    ext.send(ExtResponse::tool_result("one")).await.unwrap();
+    ext.send(ExtResponse::tool_result("extra")).await.unwrap();
+    assert_eq!(one.await.unwrap().unwrap(), ExtResponse::tool_result("one"));
+
+    let err = conn
+        .clone()
+        .oneshot(ExtRequest::tool_call("two", ""))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectionError::Unsolicited { response: "tool_result" }),
+        "{err:?}"
+    );
+    assert!(conn.is_broken());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn undecodable_answer_fails_the_call_with_a_codec_error() {
+    let (io, ext) = fake_pair();
+    let conn = Connection::new(io);
+    let mut raw = ext.into_inner();
+    let call = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("a", "")));
+    use tokio::io::AsyncWriteExt;
+    raw.write_all(b"\x00\x00\x00\x02\xff\xff").await.unwrap();
+    let err = call.await.unwrap().unwrap_err();
+    assert!(matches!(err, ConnectionError::Codec(_)), "{err:?}");
+    assert!(err.is_protocol_violation());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn connection_with_an_overdue_request_is_reset_as_stuck() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder()
+        .stuck_after(Some(Duration::from_secs(3)))
+        .build(io);
+    let call = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("never", "")));
+    recv(&mut ext).await;
+    let err = call.await.unwrap().unwrap_err();
+    match err {
+        ConnectionError::Stuck { request, waited } => {
+            assert_eq!(request, RequestKind::ToolCall);
+            assert!(waited >= Duration::from_secs(3), "{waited:?}");
+        }
+        other => panic!("expected Stuck, got {other:?}"),
+    }
+    assert!(conn.is_broken());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn busy_connection_is_not_stuck_while_answers_keep_coming() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder()
+        .stuck_after(Some(Duration::from_secs(3)))
+        .build(io);
+    // Ten calls, each answered after 1 s: 10 s in all, none overdue.
+    for i in 0..10 {
+        let call = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("t", i.to_string())));
+        recv(&mut ext).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ext.send(ExtResponse::tool_result(i.to_string())).await.unwrap();
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            ExtResponse::tool_result(i.to_string())
+        );
+    }
+    assert!(!conn.is_broken());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_gets_no_answer_and_does_not_shift_later_ones() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder().max_in_flight(4).build(io);
+    let a = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("a", "")));
+    assert_eq!(recv(&mut ext).await.kind(), RequestKind::ToolCall);
+    let s = tokio::spawn(conn.clone().oneshot(ExtRequest::shutdown()));
+    assert_eq!(recv(&mut ext).await.kind(), RequestKind::Shutdown);
+    ext.send(ExtResponse::tool_result("a")).await.unwrap();
+    assert_eq!(a.await.unwrap().unwrap(), ExtResponse::tool_result("a"));
+    assert_eq!(s.await.unwrap().unwrap(), ExtResponse::default());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn timeout_covers_waiting_for_an_in_flight_slot() {
+    let (io, mut ext) = fake_pair();
+    let svc = tower::timeout::Timeout::new(Connection::new(io), Duration::from_secs(1));
+    let first = tokio::spawn(svc.clone().oneshot(ExtRequest::tool_call("a", "")));
+    recv(&mut ext).await;
+    // The second call waits behind the first; its deadline still runs.
+    let err = svc
+        .clone()
+        .oneshot(ExtRequest::tool_call("b", ""))
+        .await
+        .unwrap_err();
+    assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
+    first.abort();
+}

@@ -1,0 +1,227 @@
+//! The host's handshake against a fake extension that answers by hand.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fake_pair, FakeExt};
+use exthost::client::Connection;
+use exthost::handshake::{handshake, HandshakeError, Step, ToolMismatch};
+use exthost::proto::{Capability, ExtRequest, ExtResponse, RequestKind, ToolDef, PROTOCOL_VERSION};
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+
+const STEP: Duration = Duration::from_secs(10);
+
+async fn expect(ext: &mut FakeExt, kind: RequestKind) -> ExtRequest {
+    let req = ext.next().await.expect("host closed").expect("bad frame");
+    assert_eq!(req.kind(), kind, "{req:?}");
+    req
+}
+
+fn def(name: &str, params: &[u8]) -> ToolDef {
+    ToolDef {
+        name: name.into(),
+        description: format!("{name} tool"),
+        parameters: params.to_vec(),
+        strict: false,
+    }
+}
+
+/// Runs the host's handshake against `script`, which plays the extension.
+async fn run<F, Fut>(script: F) -> Result<exthost::handshake::ExtensionInfo, HandshakeError>
+where
+    F: FnOnce(FakeExt) -> Fut,
+    Fut: std::future::Future<Output = FakeExt> + Send + 'static,
+{
+    let (io, ext) = fake_pair();
+    let mut conn = Connection::new(io);
+    let ext = tokio::spawn(script(ext));
+    let result = handshake(&mut conn, &json!({"greeting": "hi"}), STEP).await;
+    drop(conn);
+    drop(ext);
+    result
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn handshake_sends_version_and_config_and_returns_the_tools() {
+    let info = run(|mut ext| async move {
+        let hello = expect(&mut ext, RequestKind::Hello).await;
+        assert_eq!(hello, ExtRequest::hello(PROTOCOL_VERSION));
+        ext.send(ExtResponse::ready(
+            PROTOCOL_VERSION,
+            "svc",
+            vec![Capability::tools(["a", "b"]), Capability::query()],
+        ))
+        .await
+        .unwrap();
+        let configure = expect(&mut ext, RequestKind::Configure).await;
+        assert_eq!(configure, ExtRequest::configure(r#"{"greeting":"hi"}"#));
+        ext.send(ExtResponse::configured()).await.unwrap();
+        expect(&mut ext, RequestKind::RegisterTools).await;
+        ext.send(ExtResponse::tool_schemas(vec![
+            def("a", br#"{"type":"object"}"#),
+            def("b", b"{}"),
+        ]))
+        .await
+        .unwrap();
+        ext
+    })
+    .await
+    .unwrap();
+    assert_eq!(info.service, "svc");
+    assert!(info.has_query());
+    assert_eq!(info.tools.len(), 2);
+    assert_eq!(info.tools[0].parameters, json!({"type": "object"}));
+    assert_eq!(info.tools[1].description, "b tool");
+    assert!(info.mismatches.is_empty());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn error_reply_fails_with_the_extensions_message() {
+    let err = run(|mut ext| async move {
+        expect(&mut ext, RequestKind::Hello).await;
+        ext.send(ExtResponse::ready(PROTOCOL_VERSION, "svc", vec![]))
+            .await
+            .unwrap();
+        expect(&mut ext, RequestKind::Configure).await;
+        ext.send(ExtResponse::error("bad api key")).await.unwrap();
+        ext
+    })
+    .await
+    .unwrap_err();
+    match err {
+        HandshakeError::Refused { step, message } => {
+            assert_eq!(step, Step::Configure);
+            assert_eq!(message, "bad api key");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn wrong_reply_type_is_reported_by_name() {
+    let err = run(|mut ext| async move {
+        expect(&mut ext, RequestKind::Hello).await;
+        ext.send(ExtResponse::error("no")).await.unwrap();
+        ext
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, HandshakeError::Refused { step: Step::Hello, .. }), "{err:?}");
+
+    // A `configured` to `hello` is a violation of the protocol itself: the
+    // connection rejects it before the handshake sees it.
+    let err = run(|mut ext| async move {
+        expect(&mut ext, RequestKind::Hello).await;
+        ext.send(ExtResponse::configured()).await.unwrap();
+        ext
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("`configured` response to a `hello` request"),
+        "{err}"
+    );
+    assert!(matches!(err, HandshakeError::Transport { step: Step::Hello, .. }));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unexpected_reply_through_a_lenient_service_names_what_arrived() {
+    // Over a service that does not check response kinds, the handshake
+    // itself names the unexpected reply.
+    let mut svc = tower::service_fn(|_req: ExtRequest| async {
+        Ok::<_, std::convert::Infallible>(ExtResponse::tool_result("?"))
+    });
+    let err = handshake(&mut svc, &json!({}), STEP).await.unwrap_err();
+    assert!(
+        matches!(err, HandshakeError::Unexpected { step: Step::Hello, got: "tool_result" }),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "unexpected `tool_result` response to `hello`");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn silent_extension_times_out_at_the_step_it_stalls() {
+    let err = run(|mut ext| async move {
+        expect(&mut ext, RequestKind::Hello).await;
+        ext.send(ExtResponse::ready(PROTOCOL_VERSION, "svc", vec![]))
+            .await
+            .unwrap();
+        expect(&mut ext, RequestKind::Configure).await;
+        // Never answers; holds the connection open.
+        std::future::pending::<()>().await;
+        ext
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, HandshakeError::Timeout { step: Step::Configure, after } if after == STEP),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn incompatible_version_names_both_versions() {
+    let err = run(|mut ext| async move {
+        expect(&mut ext, RequestKind::Hello).await;
+        ext.send(ExtResponse::ready("0.9", "svc", vec![]))
+            .await
+            .unwrap();
+        ext
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, HandshakeError::Version { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(PROTOCOL_VERSION) && text.contains("0.9"), "{text}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unparseable_schema_bytes_name_the_tool() {
+    let err = run(|mut ext| async move {
+        expect(&mut ext, RequestKind::Hello).await;
+        ext.send(ExtResponse::ready(PROTOCOL_VERSION, "svc", vec![Capability::tools(["ok", "broken"])]))
+            .await
+            .unwrap();
+        expect(&mut ext, RequestKind::Configure).await;
+        ext.send(ExtResponse::configured()).await.unwrap();
+        expect(&mut ext, RequestKind::RegisterTools).await;
+        ext.send(ExtResponse::tool_schemas(vec![def("ok", b"{}"), def("broken", b"{not json")]))
+            .await
+            .unwrap();
+        ext
+    })
+    .await
+    .unwrap_err();
+    match err {
+        HandshakeError::BadSchema(bad) => assert_eq!(bad.tool, "broken"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn capabilities_and_schemas_that_disagree_are_reported() {
+    let info = run(|mut ext| async move {
+        expect(&mut ext, RequestKind::Hello).await;
+        ext.send(ExtResponse::ready(PROTOCOL_VERSION, "svc", vec![Capability::tools(["a", "ghost"])]))
+            .await
+            .unwrap();
+        expect(&mut ext, RequestKind::Configure).await;
+        ext.send(ExtResponse::configured()).await.unwrap();
+        expect(&mut ext, RequestKind::RegisterTools).await;
+        ext.send(ExtResponse::tool_schemas(vec![def("a", b"{}"), def("extra", b"{}")]))
+            .await
+            .unwrap();
+        ext
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        info.mismatches,
+        vec![
+            ToolMismatch::MissingSchema("ghost".into()),
+            ToolMismatch::Undeclared("extra".into())
+        ]
+    );
+}
