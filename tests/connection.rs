@@ -81,7 +81,12 @@ async fn pipelined_requests_get_their_own_answers_in_order() {
     let (io, mut ext) = fake_pair();
     let conn = Connection::builder().max_in_flight(8).build(io);
     let calls: Vec<_> = (0..8)
-        .map(|i| tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("echo", i.to_string()))))
+        .map(|i| {
+            tokio::spawn(
+                conn.clone()
+                    .oneshot(ExtRequest::tool_call("echo", i.to_string())),
+            )
+        })
         .collect();
     for _ in 0..8 {
         let req = recv(&mut ext).await;
@@ -151,7 +156,10 @@ async fn answer_of_the_wrong_kind_is_a_protocol_violation() {
     assert!(err.is_protocol_violation());
     // The other pending call fails with the same cause instead of waiting.
     let err = b.await.unwrap().unwrap_err();
-    assert!(matches!(err, ConnectionError::WrongResponse { .. }), "{err:?}");
+    assert!(
+        matches!(err, ConnectionError::WrongResponse { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -171,7 +179,12 @@ async fn unsolicited_answer_is_never_handed_to_the_next_request() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ConnectionError::Unsolicited { response: "tool_result" }),
+        matches!(
+            err,
+            ConnectionError::Unsolicited {
+                response: "tool_result"
+            }
+        ),
         "{err:?}"
     );
     assert!(conn.is_broken());
@@ -217,10 +230,15 @@ async fn busy_connection_is_not_stuck_while_answers_keep_coming() {
         .build(io);
     // Ten calls, each answered after 1 s: 10 s in all, none overdue.
     for i in 0..10 {
-        let call = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("t", i.to_string())));
+        let call = tokio::spawn(
+            conn.clone()
+                .oneshot(ExtRequest::tool_call("t", i.to_string())),
+        );
         recv(&mut ext).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        ext.send(ExtResponse::tool_result(i.to_string())).await.unwrap();
+        ext.send(ExtResponse::tool_result(i.to_string()))
+            .await
+            .unwrap();
         assert_eq!(
             call.await.unwrap().unwrap(),
             ExtResponse::tool_result(i.to_string())

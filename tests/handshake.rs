@@ -108,7 +108,16 @@ async fn wrong_reply_type_is_reported_by_name() {
     })
     .await
     .unwrap_err();
-    assert!(matches!(err, HandshakeError::Refused { step: Step::Hello, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            HandshakeError::Refused {
+                step: Step::Hello,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     // A `configured` to `hello` is a violation of the protocol itself: the
     // connection rejects it before the handshake sees it.
@@ -120,10 +129,17 @@ async fn wrong_reply_type_is_reported_by_name() {
     .await
     .unwrap_err();
     assert!(
-        err.to_string().contains("`configured` response to a `hello` request"),
+        err.to_string()
+            .contains("`configured` response to a `hello` request"),
         "{err}"
     );
-    assert!(matches!(err, HandshakeError::Transport { step: Step::Hello, .. }));
+    assert!(matches!(
+        err,
+        HandshakeError::Transport {
+            step: Step::Hello,
+            ..
+        }
+    ));
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -135,10 +151,19 @@ async fn unexpected_reply_through_a_lenient_service_names_what_arrived() {
     });
     let err = handshake(&mut svc, &json!({}), STEP).await.unwrap_err();
     assert!(
-        matches!(err, HandshakeError::Unexpected { step: Step::Hello, got: "tool_result" }),
+        matches!(
+            err,
+            HandshakeError::Unexpected {
+                step: Step::Hello,
+                got: "tool_result"
+            }
+        ),
         "{err:?}"
     );
-    assert_eq!(err.to_string(), "unexpected `tool_result` response to `hello`");
+    assert_eq!(
+        err.to_string(),
+        "unexpected `tool_result` response to `hello`"
+    );
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -174,22 +199,32 @@ async fn incompatible_version_names_both_versions() {
     .unwrap_err();
     assert!(matches!(err, HandshakeError::Version { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains(PROTOCOL_VERSION) && text.contains("0.9"), "{text}");
+    assert!(
+        text.contains(PROTOCOL_VERSION) && text.contains("0.9"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn unparseable_schema_bytes_name_the_tool() {
     let err = run(|mut ext| async move {
         expect(&mut ext, RequestKind::Hello).await;
-        ext.send(ExtResponse::ready(PROTOCOL_VERSION, "svc", vec![Capability::tools(["ok", "broken"])]))
-            .await
-            .unwrap();
+        ext.send(ExtResponse::ready(
+            PROTOCOL_VERSION,
+            "svc",
+            vec![Capability::tools(["ok", "broken"])],
+        ))
+        .await
+        .unwrap();
         expect(&mut ext, RequestKind::Configure).await;
         ext.send(ExtResponse::configured()).await.unwrap();
         expect(&mut ext, RequestKind::RegisterTools).await;
-        ext.send(ExtResponse::tool_schemas(vec![def("ok", b"{}"), def("broken", b"{not json")]))
-            .await
-            .unwrap();
+        ext.send(ExtResponse::tool_schemas(vec![
+            def("ok", b"{}"),
+            def("broken", b"{not json"),
+        ]))
+        .await
+        .unwrap();
         ext
     })
     .await
@@ -204,15 +239,22 @@ async fn unparseable_schema_bytes_name_the_tool() {
 async fn capabilities_and_schemas_that_disagree_are_reported() {
     let info = run(|mut ext| async move {
         expect(&mut ext, RequestKind::Hello).await;
-        ext.send(ExtResponse::ready(PROTOCOL_VERSION, "svc", vec![Capability::tools(["a", "ghost"])]))
-            .await
-            .unwrap();
+        ext.send(ExtResponse::ready(
+            PROTOCOL_VERSION,
+            "svc",
+            vec![Capability::tools(["a", "ghost"])],
+        ))
+        .await
+        .unwrap();
         expect(&mut ext, RequestKind::Configure).await;
         ext.send(ExtResponse::configured()).await.unwrap();
         expect(&mut ext, RequestKind::RegisterTools).await;
-        ext.send(ExtResponse::tool_schemas(vec![def("a", b"{}"), def("extra", b"{}")]))
-            .await
-            .unwrap();
+        ext.send(ExtResponse::tool_schemas(vec![
+            def("a", b"{}"),
+            def("extra", b"{}"),
+        ]))
+        .await
+        .unwrap();
         ext
     })
     .await

@@ -31,17 +31,34 @@ async fn handshake_with_the_mock_process_lists_prefixed_tools() {
     assert!(info.has_query());
     assert!(info.mismatches.is_empty());
 
-    let q = svc.clone().oneshot(ExtRequest::service_query("status?")).await.unwrap();
+    let q = svc
+        .clone()
+        .oneshot(ExtRequest::service_query("status?"))
+        .await
+        .unwrap();
     assert_eq!(
         q,
-        ExtResponse::service_query_result(json!({"service": "alpha", "query": "status?"}).to_string())
+        ExtResponse::service_query_result(
+            json!({"service": "alpha", "query": "status?"}).to_string()
+        )
     );
     let schema = svc.clone().oneshot(ExtRequest::get_schema()).await.unwrap();
-    assert!(matches!(schema.msg, Some(exthost::proto::ext_response::Msg::SchemaResult(_))));
+    assert!(matches!(
+        schema.msg,
+        Some(exthost::proto::ext_response::Msg::SchemaResult(_))
+    ));
 
-    let unknown = svc.clone().oneshot(ExtRequest::tool_call("nope", "{}")).await.unwrap();
+    let unknown = svc
+        .clone()
+        .oneshot(ExtRequest::tool_call("nope", "{}"))
+        .await
+        .unwrap();
     assert_eq!(unknown.error_message(), Some("unknown tool: nope"));
-    let fail = svc.clone().oneshot(ExtRequest::tool_call("a_fail", "{}")).await.unwrap();
+    let fail = svc
+        .clone()
+        .oneshot(ExtRequest::tool_call("a_fail", "{}"))
+        .await
+        .unwrap();
     assert_eq!(fail.error_message(), Some("a_fail failed as requested"));
 }
 
@@ -58,7 +75,10 @@ async fn thousand_concurrent_callers_each_get_their_own_echo() {
             let svc = svc.clone();
             tokio::spawn(async move {
                 let args = json!({"caller": i}).to_string();
-                let resp = svc.oneshot(ExtRequest::tool_call("echo", args.clone())).await.unwrap();
+                let resp = svc
+                    .oneshot(ExtRequest::tool_call("echo", args.clone()))
+                    .await
+                    .unwrap();
                 (args, resp)
             })
         })
@@ -90,7 +110,10 @@ async fn timed_out_call_against_the_process_leaves_the_next_answer_intact() {
     // read and thrown away, then gets its own answer.
     let resp = tokio::time::timeout(
         WAIT,
-        svc.get_ref().get_ref().clone().oneshot(ExtRequest::tool_call("echo", "mine")),
+        svc.get_ref()
+            .get_ref()
+            .clone()
+            .oneshot(ExtRequest::tool_call("echo", "mine")),
     )
     .await
     .unwrap()
@@ -105,7 +128,11 @@ async fn shutdown_removes_the_socket_and_exits_zero() {
     let marker = dir.path().join("stopped");
     let mut proc = spawn_mock(&sock, &[("MOCK_SHUTDOWN_FILE", marker.to_str().unwrap())]);
     let svc = StackBuilder::new("mock").build(connect(&sock).await);
-    let echo = svc.clone().oneshot(ExtRequest::tool_call("echo", "last")).await.unwrap();
+    let echo = svc
+        .clone()
+        .oneshot(ExtRequest::tool_call("echo", "last"))
+        .await
+        .unwrap();
     assert_eq!(echo, ExtResponse::tool_result("last"));
     svc.clone().oneshot(ExtRequest::shutdown()).await.unwrap();
     assert_eq!(proc.wait_exit(WAIT).await, Some(0));
@@ -138,7 +165,9 @@ async fn crash_fails_the_call_with_closed_and_the_process_exits_101() {
         .oneshot(ExtRequest::tool_call("crash", "{}"))
         .await
         .unwrap_err();
-    let conn_err = err.downcast_ref::<ConnectionError>().expect("a ConnectionError");
+    let conn_err = err
+        .downcast_ref::<ConnectionError>()
+        .expect("a ConnectionError");
     assert!(matches!(conn_err, ConnectionError::Closed), "{conn_err:?}");
     assert_eq!(proc.wait_exit(WAIT).await, Some(101));
     assert!(svc.get_ref().get_ref().is_broken());
@@ -153,7 +182,9 @@ async fn independent_raw_client_speaks_to_the_mock() {
     let mut s = connect(&sock).await;
 
     // ExtRequest{hello(1){version(1)="0.2"}}
-    s.write_all(b"\x00\x00\x00\x07\x0a\x05\x0a\x030.2").await.unwrap();
+    s.write_all(b"\x00\x00\x00\x07\x0a\x05\x0a\x030.2")
+        .await
+        .unwrap();
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.unwrap();
     let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -164,7 +195,9 @@ async fn independent_raw_client_speaks_to_the_mock() {
     assert_eq!(&payload[2..12], b"\x0a\x030.2\x12\x03raw");
 
     // ExtRequest{tool_call(3){name(1)="echo", args(2)="hi"}}
-    s.write_all(b"\x00\x00\x00\x0c\x1a\x0a\x0a\x04echo\x12\x02hi").await.unwrap();
+    s.write_all(b"\x00\x00\x00\x0c\x1a\x0a\x0a\x04echo\x12\x02hi")
+        .await
+        .unwrap();
     s.read_exact(&mut len).await.unwrap();
     let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
     s.read_exact(&mut payload).await.unwrap();
@@ -178,13 +211,18 @@ async fn oversized_frame_from_the_host_closes_only_that_connection() {
     let sock = dir.path().join("m.sock");
     let _proc = spawn_mock(&sock, &[]);
     let mut s = connect(&sock).await;
-    s.write_all(&(64u32 * 1024 * 1024).to_be_bytes()).await.unwrap();
+    s.write_all(&(64u32 * 1024 * 1024).to_be_bytes())
+        .await
+        .unwrap();
     let mut buf = [0u8; 16];
     // The server closes the connection instead of waiting for 64 MiB.
     assert_eq!(s.read(&mut buf).await.unwrap(), 0);
 
     // The process still serves new connections.
     let svc = StackBuilder::new("mock").build(connect(&sock).await);
-    let echo = svc.oneshot(ExtRequest::tool_call("echo", "still here")).await.unwrap();
+    let echo = svc
+        .oneshot(ExtRequest::tool_call("echo", "still here"))
+        .await
+        .unwrap();
     assert_eq!(echo, ExtResponse::tool_result("still here"));
 }

@@ -87,7 +87,11 @@ async fn undeclared_tools_and_queries_are_refused_without_reaching_the_service()
         resp.error_message(),
         Some("service `test` does not answer service queries")
     );
-    let resp = conn.clone().oneshot(ExtRequest::get_schema()).await.unwrap();
+    let resp = conn
+        .clone()
+        .oneshot(ExtRequest::get_schema())
+        .await
+        .unwrap();
     assert_eq!(resp, ExtResponse::schema_result("{}"));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
@@ -104,7 +108,11 @@ async fn service_errors_become_error_responses_with_their_text() {
     });
     tokio::spawn(ext().serve_connection(ext_io, handler));
     let conn = Connection::new(host);
-    let ok = conn.clone().oneshot(ExtRequest::configure("{}")).await.unwrap();
+    let ok = conn
+        .clone()
+        .oneshot(ExtRequest::configure("{}"))
+        .await
+        .unwrap();
     assert_eq!(ok, ExtResponse::configured());
     let bad = conn
         .clone()

@@ -53,7 +53,10 @@ pub struct Proc {
 
 impl Proc {
     pub fn new(child: Child) -> Self {
-        Proc { child, reaped: false }
+        Proc {
+            child,
+            reaped: false,
+        }
     }
 
     pub fn pid(&self) -> u32 {
