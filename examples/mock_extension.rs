@@ -19,6 +19,14 @@
 //! written with `shutdown` or `signal` when the extension stops, so tests can
 //! see how it was stopped. It answers service queries with
 //! `{"service": …, "query": …}` and `get_schema` with a small schema.
+//!
+//! `MOCK_MODE` makes it misbehave, for tests of the host:
+//!
+//! - `exit`: writes a line to stderr and exits with status 3 at once;
+//! - `hang`: accepts connections but never answers anything;
+//! - `stubborn`: ignores `shutdown` (stays alive after it) and SIGTERM;
+//! - `impostor`: does not bind; an orphaned, unrelated process binds its
+//!   socket instead.
 
 use std::time::Duration;
 
@@ -34,6 +42,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    let args = exthost::server::ServeArgs::from_env()?;
+    match std::env::var("MOCK_MODE").as_deref() {
+        Ok("exit") => {
+            eprintln!("mock: exiting early as asked");
+            std::process::exit(3);
+        }
+        Ok("hang") => {
+            let listener = tokio::net::UnixListener::bind(&args.socket)?;
+            let mut held = Vec::new();
+            loop {
+                held.push(listener.accept().await?);
+            }
+        }
+        Ok("impostor") => {
+            // A helper spawns the real server and exits at once, so the
+            // server is orphaned: not a descendant of this process.
+            std::process::Command::new(std::env::current_exe()?)
+                .args(std::env::args_os().skip(1))
+                .env("MOCK_MODE", "impostor-helper")
+                .status()?;
+            std::future::pending::<()>().await;
+        }
+        Ok("impostor-helper") => {
+            std::process::Command::new(std::env::current_exe()?)
+                .args(std::env::args_os().skip(1))
+                .env_remove("MOCK_MODE")
+                .spawn()?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let stubborn = std::env::var("MOCK_MODE").as_deref() == Ok("stubborn");
     let service = std::env::var("MOCK_SERVICE").unwrap_or_else(|_| "mock".to_owned());
     let prefix = std::env::var("MOCK_PREFIX").unwrap_or_default();
     let object = json!({"type": "object"});
@@ -88,7 +128,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let stopped = ext.run(handler).await?;
+    let stopped = if stubborn {
+        // Catching SIGTERM replaces its default action: it is ignored.
+        let _term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        ext.serve(&args.socket, handler).await?;
+        eprintln!("mock: got shutdown, staying alive anyway");
+        std::future::pending::<()>().await;
+        unreachable!()
+    } else {
+        ext.run(handler).await?
+    };
     if let Ok(path) = std::env::var("MOCK_SHUTDOWN_FILE") {
         let how = match stopped {
             Stopped::Shutdown => "shutdown",

@@ -18,6 +18,8 @@
 //!   in-flight limit).
 //! - [`handshake`]: `hello`, `configure`, `register_tools`.
 //! - [`server`]: the extension's side, for extension authors.
+//! - [`config`], [`process`] and [`connector`]: from a service's
+//!   configuration to a running, handshaken extension process, and back.
 //!
 //! # Example
 //!
@@ -54,17 +56,22 @@
 //! ```
 
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
 
 pub mod client;
 pub mod codec;
+pub mod config;
+pub mod connector;
+mod error;
 pub mod handshake;
+pub mod process;
 pub mod proto;
 pub mod server;
 pub mod stack;
 mod tool;
 pub mod trace;
 
+pub use error::StartError;
 pub use tool::{BadToolSchema, Tool};
 pub use tower::BoxError;

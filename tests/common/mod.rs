@@ -129,3 +129,28 @@ pub fn fake_pair() -> (tokio::io::DuplexStream, FakeExt) {
     let (host, ext) = tokio::io::duplex(64 * 1024);
     (host, Framed::new(ext, ServerCodec::new()))
 }
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            state != Some("Z")
+        }
+    }
+}
+
+/// Waits (bounded) until `pid` is gone; true if it went.
+pub async fn gone_within(pid: u32, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while alive(pid) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}

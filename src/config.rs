@@ -1,0 +1,389 @@
+//! Service configuration: what a `[services.<name>]` entry holds.
+//!
+//! [`ServiceConfig`] keeps the reference's fields and serde names
+//! (`description`, `kind`, `crate` (alias `krate`), `restart`, `enabled`,
+//! `env`, `config`) and adds `command`, `args`, `call_timeout`,
+//! `handshake_timeout`, `shutdown_grace` (durations as `"500ms"`, `"10s"`)
+//! and `max_in_flight`. [`HostConfig`] is a whole file: optional
+//! `services_dir`, `logs_dir` and `daemon_socket`, and the services, loaded
+//! from TOML or JSON. Every error names the service and the field.
+//!
+//! # Example
+//!
+//! ```
+//! use exthost::config::{HostConfig, RestartPolicy};
+//!
+//! let cfg = HostConfig::from_toml_str(r#"
+//!     [services.search]
+//!     crate = "search-ext"
+//!     restart = "on_failure"
+//!     call_timeout = "5s"
+//!     config = { index = "docs" }
+//! "#)?;
+//! let search = &cfg.services["search"];
+//! assert_eq!(search.krate, "search-ext");
+//! assert_eq!(search.restart, RestartPolicy::OnFailure);
+//! assert_eq!(search.call_timeout(), std::time::Duration::from_secs(5));
+//! # Ok::<(), exthost::config::ConfigError>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::handshake::DEFAULT_HANDSHAKE_TIMEOUT;
+use crate::stack::DEFAULT_CALL_TIMEOUT;
+
+/// The default time a stopping extension gets at each stage of shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What kind of service a process is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceKind {
+    /// Serves the extension protocol on a socket the host gives it.
+    #[default]
+    Extension,
+    /// Connects back to the daemon's socket; spawned and supervised, not
+    /// handshaken.
+    Gateway,
+}
+
+/// When a service that stopped is started again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    /// Never.
+    #[default]
+    Never,
+    /// After a non-zero exit, a crash or a lost connection.
+    OnFailure,
+    /// Whenever it stops, unless the host is shutting it down.
+    Always,
+}
+
+/// One `[services.<name>]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// What the service is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Extension or gateway.
+    #[serde(default)]
+    pub kind: ServiceKind,
+    /// The binary's name, looked up in `$HOME/.cargo/bin`, then on `PATH`.
+    #[serde(rename = "crate", alias = "krate", default)]
+    pub krate: String,
+    /// An explicit path to the binary; wins over `crate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<PathBuf>,
+    /// Extra arguments, after the protocol's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// When to restart the service.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Whether to start the service at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Environment variables for the process.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The service's own configuration, sent in `configure`.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// Deadline of each call (default 30 s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub call_timeout: Option<Duration>,
+    /// Time allowed for start-up and each handshake step (default 10 s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub handshake_timeout: Option<Duration>,
+    /// Time allowed at each stage of shutdown (default 5 s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub shutdown_grace: Option<Duration>,
+    /// Answers the extension may owe at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            description: None,
+            kind: ServiceKind::Extension,
+            krate: String::new(),
+            command: None,
+            args: Vec::new(),
+            restart: RestartPolicy::Never,
+            enabled: true,
+            env: BTreeMap::new(),
+            config: empty_object(),
+            call_timeout: None,
+            handshake_timeout: None,
+            shutdown_grace: None,
+            max_in_flight: None,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// An extension run from an explicit binary path.
+    pub fn command(path: impl Into<PathBuf>) -> Self {
+        ServiceConfig {
+            command: Some(path.into()),
+            ..Default::default()
+        }
+    }
+
+    /// An extension whose binary is found by name.
+    pub fn krate(name: impl Into<String>) -> Self {
+        ServiceConfig {
+            krate: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets an environment variable.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the restart policy.
+    pub fn with_restart(mut self, restart: RestartPolicy) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// Sets the call timeout.
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the handshake timeout.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the shutdown grace period.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = Some(grace);
+        self
+    }
+
+    /// Sets the in-flight limit.
+    pub fn with_max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = Some(n);
+        self
+    }
+
+    /// Sets the service's own configuration.
+    pub fn with_config(mut self, config: serde_json::Value) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The call timeout in force.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout.unwrap_or(DEFAULT_CALL_TIMEOUT)
+    }
+
+    /// The handshake timeout in force.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT)
+    }
+
+    /// The shutdown grace period in force.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE)
+    }
+
+    /// The in-flight limit in force.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.unwrap_or(1)
+    }
+
+    /// Checks the entry named `name`.
+    pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        validate_name(name)?;
+        let field = |field: &'static str, problem: String| ConfigError::Invalid {
+            service: name.to_owned(),
+            field,
+            problem,
+        };
+        if self.command.is_none() && self.krate.trim().is_empty() {
+            return Err(field(
+                "crate",
+                "is empty and no `command` is given".to_owned(),
+            ));
+        }
+        if self.krate.contains('/') {
+            return Err(field(
+                "crate",
+                "must be a binary name; use `command` for a path".to_owned(),
+            ));
+        }
+        if self.max_in_flight == Some(0) {
+            return Err(field("max_in_flight", "must be at least 1".to_owned()));
+        }
+        for (f, d) in [
+            ("call_timeout", self.call_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+        ] {
+            if d == Some(Duration::ZERO) {
+                return Err(field(f, "must be longer than zero".to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a service name: 1 to 64 of `A-Z a-z 0-9 _ -`. Names become file
+/// names, so nothing else is allowed.
+pub fn validate_name(name: &str) -> Result<(), ConfigError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::BadName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HostConfig {
+    /// Where the sockets go (default: a private per-user runtime folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_dir: Option<PathBuf>,
+    /// Where the per-service log files go (default: `logs` beside the sockets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_dir: Option<PathBuf>,
+    /// The daemon's socket, passed to gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_socket: Option<PathBuf>,
+    /// The services, by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text does not parse, or a field has the wrong type or value.
+    #[error("invalid configuration at `{at}`: {message}")]
+    Parse {
+        /// Where: the field path, such as `services.search.call_timeout`.
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A service name is not usable.
+    #[error("invalid service name {name:?}: use 1 to 64 of A-Z, a-z, 0-9, `_` and `-`")]
+    BadName {
+        /// The name.
+        name: String,
+    },
+    /// A field's value is not usable.
+    #[error("service `{service}`: field `{field}` {problem}")]
+    Invalid {
+        /// The service.
+        service: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl HostConfig {
+    /// Parses TOML and validates every service.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            at: "(file)".to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        let cfg: HostConfig =
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+                at: e.path().to_string(),
+                message: e.inner().message().to_owned(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses JSON and validates every service.
+    pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let cfg: HostConfig =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError::Parse {
+                at: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a file: JSON when its name ends in `.json`, TOML otherwise.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if path.extension().is_some_and(|e| e == "json") {
+            Self::from_json_str(&text)
+        } else {
+            Self::from_toml_str(&text)
+        }
+    }
+
+    /// Validates every service.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.services
+            .iter()
+            .try_for_each(|(name, svc)| svc.validate(name))
+    }
+}

@@ -1,0 +1,128 @@
+//! Configuration files: every field, both formats, errors that name things.
+
+use std::time::Duration;
+
+use exthost::config::{ConfigError, HostConfig, RestartPolicy, ServiceKind};
+use serde_json::json;
+
+#[test]
+fn toml_with_every_field_loads() {
+    let cfg = HostConfig::from_toml_str(
+        r#"
+        services_dir = "/run/exthost"
+        [services.search]
+        description = "full-text search"
+        kind = "extension"
+        crate = "search-ext"
+        restart = "always"
+        enabled = false
+        env = { API = "x" }
+        config = { index = "docs", limit = 3 }
+        command = "/opt/search"
+        args = ["--fast"]
+        call_timeout = "1500ms"
+        handshake_timeout = "2s"
+        shutdown_grace = "250ms"
+        max_in_flight = 8
+
+        [services.bridge]
+        kind = "gateway"
+        krate = "bridge"
+        "#,
+    )
+    .unwrap();
+    let s = &cfg.services["search"];
+    assert_eq!(s.description.as_deref(), Some("full-text search"));
+    assert_eq!(s.krate, "search-ext");
+    assert_eq!(s.restart, RestartPolicy::Always);
+    assert!(!s.enabled);
+    assert_eq!(s.env["API"], "x");
+    assert_eq!(s.config, json!({"index": "docs", "limit": 3}));
+    assert_eq!(
+        s.command.as_deref(),
+        Some(std::path::Path::new("/opt/search"))
+    );
+    assert_eq!(s.args, ["--fast"]);
+    assert_eq!(s.call_timeout(), Duration::from_millis(1500));
+    assert_eq!(s.handshake_timeout(), Duration::from_secs(2));
+    assert_eq!(s.shutdown_grace(), Duration::from_millis(250));
+    assert_eq!(s.max_in_flight(), 8);
+    let b = &cfg.services["bridge"];
+    assert_eq!(b.kind, ServiceKind::Gateway);
+    assert_eq!(b.krate, "bridge");
+    assert!(b.enabled, "enabled defaults to true");
+    assert_eq!(b.restart, RestartPolicy::Never);
+    assert_eq!(b.call_timeout(), Duration::from_secs(30));
+}
+
+#[test]
+fn json_loads_the_same_fields() {
+    let cfg = HostConfig::from_json_str(
+        r#"{"services": {"a": {"crate": "a-ext", "restart": "on_failure", "call_timeout": "5s"}}}"#,
+    )
+    .unwrap();
+    assert_eq!(cfg.services["a"].restart, RestartPolicy::OnFailure);
+    assert_eq!(cfg.services["a"].call_timeout(), Duration::from_secs(5));
+}
+
+fn parse_error(text: &str) -> (String, String) {
+    match HostConfig::from_toml_str(text).unwrap_err() {
+        ConfigError::Parse { at, message } => (at, message),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_duration_names_the_service_and_field() {
+    let (at, message) = parse_error("[services.search]\ncrate = \"s\"\ncall_timeout = \"soon\"\n");
+    assert_eq!(at, "services.search.call_timeout");
+    assert!(!message.is_empty());
+}
+
+#[test]
+fn unknown_kind_names_the_service_and_field() {
+    let (at, message) = parse_error("[services.search]\ncrate = \"s\"\nkind = \"plugin\"\n");
+    assert_eq!(at, "services.search.kind");
+    assert!(message.contains("plugin"), "{message}");
+}
+
+#[test]
+fn unknown_field_is_refused() {
+    let (at, message) = parse_error("[services.search]\ncrate = \"s\"\ntimeout = \"1s\"\n");
+    assert!(at.starts_with("services.search"), "{at}");
+    assert!(message.contains("timeout"), "{message}");
+}
+
+#[test]
+fn empty_crate_without_command_is_an_error_naming_both() {
+    let err = HostConfig::from_toml_str("[services.search]\ndescription = \"x\"\n").unwrap_err();
+    match &err {
+        ConfigError::Invalid { service, field, .. } => {
+            assert_eq!(service, "search");
+            assert_eq!(*field, "crate");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("no `command`"), "{err}");
+}
+
+#[test]
+fn bad_service_name_is_refused() {
+    let err = HostConfig::from_toml_str("[services.\"../evil\"]\ncrate = \"x\"\n").unwrap_err();
+    assert!(
+        matches!(err, ConfigError::BadName { ref name } if name == "../evil"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn json_errors_name_the_path_too() {
+    let err = HostConfig::from_json_str(
+        r#"{"services": {"a": {"crate": "x", "max_in_flight": "many"}}}"#,
+    )
+    .unwrap_err();
+    match err {
+        ConfigError::Parse { at, .. } => assert_eq!(at, "services.a.max_in_flight"),
+        other => panic!("{other:?}"),
+    }
+}

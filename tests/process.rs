@@ -1,0 +1,337 @@
+//! Real extension processes: spawn, handshake, failures, security,
+//! graceful shutdown, no orphans.
+
+mod common;
+
+use std::io::BufRead;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{alive, gone_within, mock_bin, temp_dir};
+use exthost::config::ServiceConfig;
+use exthost::connector::{Connector, Started, Target};
+use exthost::handshake::HandshakeError;
+use exthost::process::{Paths, StopOutcome};
+use exthost::proto::{ExtRequest, ExtResponse};
+use exthost::StartError;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tower::ServiceExt;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn paths(dir: &std::path::Path) -> Paths {
+    Paths::under(dir, dir.join("daemon.sock"))
+}
+
+fn mock(env: &[(&str, &str)]) -> ServiceConfig {
+    env.iter()
+        .fold(ServiceConfig::command(mock_bin()), |c, (k, v)| {
+            c.with_env(*k, *v)
+        })
+}
+
+async fn stop(started: &Started, grace: Duration) -> StopOutcome {
+    let svc = started.extension.as_ref().map(|e| e.service.clone());
+    started.process.stop(svc, grace).await
+}
+
+#[tokio::test]
+async fn spawned_mock_is_handshaken_called_and_stopped_gracefully() {
+    let dir = temp_dir();
+    let marker = dir.path().join("stopped");
+    let connector = Connector::new(paths(dir.path()));
+    let cfg = mock(&[
+        ("MOCK_PREFIX", "m_"),
+        ("MOCK_SHUTDOWN_FILE", marker.to_str().unwrap()),
+    ]);
+    let started = connector.start(Target::new("alpha", cfg)).await.unwrap();
+    let ext = started.extension.as_ref().unwrap();
+    assert_eq!(ext.info.tools[0].name, "m_echo");
+    let pid = started.process.pid();
+    let resp = ext
+        .service
+        .clone()
+        .oneshot(ExtRequest::tool_call("m_pid", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(resp, ExtResponse::tool_result(pid.to_string()));
+
+    let services = dir.path().join("services");
+    let mode = std::fs::metadata(&services).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "services folder must be private");
+    let socket = started.process.socket().unwrap().to_owned();
+    assert!(socket.exists());
+
+    let outcome = stop(&started, WAIT).await;
+    assert!(
+        matches!(outcome, StopOutcome::Graceful(s) if s.success()),
+        "{outcome:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "shutdown");
+    assert!(!alive(pid), "pid {pid} still alive after shutdown");
+    assert!(!socket.exists(), "socket left behind");
+    let log = std::fs::read_to_string(dir.path().join("logs/alpha.log")).unwrap();
+    assert!(log.contains("exthost: starting alpha"), "{log}");
+}
+
+#[tokio::test]
+async fn missing_binary_error_says_where_it_looked() {
+    let dir = temp_dir();
+    let connector = Connector::new(paths(dir.path()));
+    let err = connector
+        .start(Target::new(
+            "ghost",
+            ServiceConfig::krate("exthost-no-such-binary"),
+        ))
+        .await
+        .unwrap_err();
+    match &err {
+        StartError::BinaryNotFound { service, looked } => {
+            assert_eq!(service, "ghost");
+            assert!(
+                looked
+                    .iter()
+                    .any(|p| p.ends_with(".cargo/bin/exthost-no-such-binary")),
+                "{looked:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("looked in"), "{err}");
+
+    let missing = dir.path().join("nope");
+    let err = connector
+        .start(Target::new("ghost", ServiceConfig::command(&missing)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StartError::BinaryNotFound { .. }), "{err:?}");
+
+    let not_exec = dir.path().join("plain-file");
+    std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    let err = connector
+        .start(Target::new("ghost", ServiceConfig::command(&not_exec)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StartError::NotExecutable { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn process_exiting_before_ready_reports_status_and_log_tail() {
+    let dir = temp_dir();
+    let connector = Connector::new(paths(dir.path()));
+    let err = connector
+        .start(Target::new("early", mock(&[("MOCK_MODE", "exit")])))
+        .await
+        .unwrap_err();
+    match &err {
+        StartError::ExitedEarly {
+            service,
+            status,
+            log_tail,
+        } => {
+            assert_eq!(service, "early");
+            assert_eq!(status.code(), Some(3));
+            assert!(log_tail.contains("exiting early as asked"), "{log_tail}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hanging_extension_does_not_delay_the_others() {
+    let dir = temp_dir();
+    let connector = Connector::new(paths(dir.path()));
+    let hang = mock(&[("MOCK_MODE", "hang")]).with_handshake_timeout(Duration::from_millis(500));
+    let mut starts: FuturesUnordered<_> = [
+        ("hang", hang),
+        ("one", mock(&[("MOCK_SERVICE", "one")])),
+        ("two", mock(&[("MOCK_SERVICE", "two")])),
+    ]
+    .into_iter()
+    .map(|(name, cfg)| {
+        let connector = connector.clone();
+        async move { (name, connector.start(Target::new(name, cfg)).await) }
+    })
+    .collect();
+    let mut order = Vec::new();
+    let mut started = Vec::new();
+    while let Some((name, result)) = starts.next().await {
+        order.push(name);
+        match result {
+            Ok(s) => started.push(s),
+            Err(StartError::Handshake { source, .. }) => {
+                assert_eq!(name, "hang");
+                assert!(
+                    matches!(source, HandshakeError::Timeout { .. }),
+                    "{source:?}"
+                );
+            }
+            Err(other) => panic!("{name}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        order.last(),
+        Some(&"hang"),
+        "ready ones finish first: {order:?}"
+    );
+    assert_eq!(started.len(), 2);
+    for s in &started {
+        stop(s, WAIT).await;
+    }
+}
+
+#[tokio::test]
+async fn extension_ignoring_shutdown_and_sigterm_is_killed_after_the_grace_periods() {
+    let dir = temp_dir();
+    let connector = Connector::new(paths(dir.path()));
+    let started = connector
+        .start(Target::new("stubborn", mock(&[("MOCK_MODE", "stubborn")])))
+        .await
+        .unwrap();
+    let pid = started.process.pid();
+    let outcome = stop(&started, Duration::from_millis(300)).await;
+    assert!(matches!(outcome, StopOutcome::Killed(_)), "{outcome:?}");
+    assert!(!alive(pid));
+    let log = started.process.log_tail(5);
+    assert!(log.contains("got shutdown, staying alive anyway"), "{log}");
+}
+
+#[tokio::test]
+async fn impostor_on_the_socket_is_refused_and_cleaned_up() {
+    let dir = temp_dir();
+    let connector = Connector::new(paths(dir.path()));
+    let err = connector
+        .start(Target::new("victim", mock(&[("MOCK_MODE", "impostor")])))
+        .await
+        .unwrap_err();
+    let StartError::Impostor { peer_pid, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        err.to_string().contains("not by the extension we spawned"),
+        "{err}"
+    );
+    // The impostor was in the child's process group, and went with it.
+    let peer = peer_pid.expect("Linux reports the peer's pid");
+    assert!(gone_within(peer, WAIT).await, "impostor {peer} still alive");
+}
+
+#[tokio::test]
+async fn over_long_socket_path_is_a_clear_error() {
+    let dir = temp_dir();
+    let deep = dir.path().join("d".repeat(100));
+    let connector = Connector::new(paths(&deep));
+    let err = connector
+        .start(Target::new("svc", mock(&[])))
+        .await
+        .unwrap_err();
+    match &err {
+        StartError::SocketPathTooLong { path, max, .. } => {
+            assert_eq!(*max, 107);
+            assert!(path.ends_with("services/svc.sock"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("OS limit of 107"), "{err}");
+}
+
+#[tokio::test]
+async fn loose_services_folder_is_tightened() {
+    let dir = temp_dir();
+    let services = dir.path().join("services");
+    std::fs::create_dir(&services).unwrap();
+    std::fs::set_permissions(&services, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let connector = Connector::new(paths(dir.path()));
+    let started = connector
+        .start(Target::new("svc", mock(&[])))
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(&services).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    stop(&started, WAIT).await;
+}
+
+#[tokio::test]
+async fn many_stubborn_extensions_stopped_together_are_all_killed() {
+    let dir = temp_dir();
+    let connector = Connector::new(paths(dir.path()));
+    let starts = (0..4).map(|i| {
+        connector.start(Target::new(
+            format!("s{i}"),
+            mock(&[("MOCK_MODE", "stubborn")]),
+        ))
+    });
+    let started: Vec<_> = futures::future::try_join_all(starts).await.unwrap();
+    let pids: Vec<_> = started.iter().map(|s| s.process.pid()).collect();
+    let outcomes =
+        futures::future::join_all(started.iter().map(|s| stop(s, Duration::from_millis(200))))
+            .await;
+    assert!(outcomes.iter().all(|o| matches!(o, StopOutcome::Killed(_))));
+    assert!(pids.iter().all(|p| !alive(*p)));
+}
+
+/// Not a test on its own: the host process for
+/// `killing_the_host_with_sigkill_leaves_no_extension_alive`.
+#[test]
+#[ignore = "run by another test as a child process"]
+fn host_process_entry() {
+    let Ok(dir) = std::env::var("EXTHOST_TEST_HOST_DIR") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let connector = Connector::new(paths(std::path::Path::new(&dir)));
+        for name in ["a", "b"] {
+            let s = connector.start(Target::new(name, mock(&[]))).await.unwrap();
+            println!("{}", s.process.pid());
+        }
+        println!("ready");
+        std::future::pending::<()>().await;
+    });
+}
+
+#[tokio::test]
+async fn killing_the_host_with_sigkill_leaves_no_extension_alive() {
+    let dir = temp_dir();
+    let mut host = common::Proc::new(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "host_process_entry",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("EXTHOST_TEST_HOST_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = host.child.stdout.take().unwrap();
+    let pids = tokio::task::spawn_blocking(move || {
+        let mut pids = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            // libtest may print its own text before ours on a line.
+            let line = line.unwrap();
+            let last = line.split_whitespace().last().unwrap_or("");
+            if last == "ready" {
+                break;
+            }
+            if let Ok(pid) = last.parse::<u32>() {
+                pids.push(pid);
+            }
+        }
+        pids
+    })
+    .await
+    .unwrap();
+    assert_eq!(pids.len(), 2, "host did not start its extensions");
+    assert!(pids.iter().all(|p| alive(*p)));
+    host.child.kill().unwrap(); // SIGKILL
+    for pid in pids {
+        assert!(
+            gone_within(pid, WAIT).await,
+            "extension {pid} outlived its host"
+        );
+    }
+}
