@@ -15,7 +15,8 @@
 //! - `pid`: returns the process id.
 //!
 //! Environment: `MOCK_SERVICE` names the service (default `mock`);
-//! `MOCK_PREFIX` prefixes the tool names; `MOCK_SHUTDOWN_FILE`, when set, is
+//! `MOCK_PREFIX` prefixes the tool names (or `MOCK_PREFIX_FILE`, a file
+//! read at start-up, so a restart can change the tools); `MOCK_SHUTDOWN_FILE`, when set, is
 //! written with `shutdown` or `signal` when the extension stops, so tests can
 //! see how it was stopped. It answers service queries with
 //! `{"service": …, "query": …}` and `get_schema` with a small schema.
@@ -75,7 +76,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let stubborn = std::env::var("MOCK_MODE").as_deref() == Ok("stubborn");
     let service = std::env::var("MOCK_SERVICE").unwrap_or_else(|_| "mock".to_owned());
-    let prefix = std::env::var("MOCK_PREFIX").unwrap_or_default();
+    let prefix = match std::env::var_os("MOCK_PREFIX_FILE") {
+        Some(file) => std::fs::read_to_string(file)?.trim().to_owned(),
+        None => std::env::var("MOCK_PREFIX").unwrap_or_default(),
+    };
     let object = json!({"type": "object"});
     let tools = [
         ("echo", "Returns its arguments unchanged", object.clone()),

@@ -101,26 +101,56 @@ impl Connector {
         &self.paths
     }
 
-    /// Starts one service.
+    /// Starts one service: [`spawn`](Self::spawn), then
+    /// [`Spawned::ready`].
     pub async fn start(&self, target: Target) -> Result<Started, StartError> {
-        let Target { name, config } = target;
-        let proc = process::spawn(&name, &config, &self.paths)?;
+        self.spawn(target)?.ready().await
+    }
+
+    /// The first half of [`start`](Self::start): spawns the process.
+    pub fn spawn(&self, target: Target) -> Result<Spawned, StartError> {
+        let process = process::spawn(&target.name, &target.config, &self.paths)?;
+        Ok(Spawned { target, process })
+    }
+}
+
+/// A spawned service that is not ready yet.
+#[derive(Debug)]
+pub struct Spawned {
+    target: Target,
+    process: ProcessHandle,
+}
+
+impl Spawned {
+    /// Its process.
+    pub fn process(&self) -> &ProcessHandle {
+        &self.process
+    }
+
+    /// The second half of [`Connector::start`]: waits for the socket,
+    /// checks the peer and runs the handshake (extensions only). On failure
+    /// the process is stopped.
+    pub async fn ready(self) -> Result<Started, StartError> {
+        let Spawned {
+            target: Target { name, config },
+            process,
+        } = self;
         if config.kind == ServiceKind::Gateway {
             return Ok(Started {
                 name,
-                process: proc,
+                process,
                 extension: None,
             });
         }
-        match connect_and_handshake(&name, &config, &proc).await {
+        match connect_and_handshake(&name, &config, &process).await {
             Ok(connected) => Ok(Started {
                 name,
-                process: proc,
+                process,
                 extension: Some(connected),
             }),
             Err(e) => {
                 // Leave nothing behind.
-                proc.stop(None::<ExtensionService>, Duration::ZERO).await;
+                process.stop(None::<ExtensionService>, Duration::ZERO).await;
                 Err(e)
             }
         }

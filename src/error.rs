@@ -119,3 +119,116 @@ fn display_paths(paths: &[PathBuf]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Why a tool call, query or schema request failed.
+///
+/// Match on it instead of parsing strings; [`CallError::kind`] gives the
+/// stable snake_case name (`unknown_tool`, `timeout`, …) that the `exthost`
+/// command prints.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No ready or known extension offers this tool.
+    #[error("unknown tool: {tool}")]
+    UnknownTool {
+        /// The tool asked for.
+        tool: String,
+    },
+    /// No such service, or it does not answer this kind of request.
+    #[error("unknown service: {service}{}", if *.exists { " (it does not answer service queries)" } else { "" })]
+    UnknownService {
+        /// The service asked for.
+        service: String,
+        /// Whether the service exists but lacks the query capability.
+        exists: bool,
+    },
+    /// The call did not complete in time.
+    #[error("service timeout: {service} ({after:?})")]
+    Timeout {
+        /// The service called.
+        service: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The extension is not running, crashed, or is restarting.
+    #[error("service unavailable: {service} ({reason})")]
+    Unavailable {
+        /// The service.
+        service: String,
+        /// Why.
+        reason: String,
+        /// Whether the request may have reached the extension before it
+        /// went away (and so may have had effects).
+        delivered: bool,
+    },
+    /// The extension answered with an `error` response.
+    #[error("service error: {message}")]
+    Extension {
+        /// The service.
+        service: String,
+        /// The extension's message.
+        message: String,
+    },
+    /// The extension broke the protocol; its connection was reset.
+    #[error("protocol violation by {service}: {reason}")]
+    Protocol {
+        /// The service.
+        service: String,
+        /// What it did.
+        reason: String,
+    },
+}
+
+impl CallError {
+    /// The error's stable name: `unknown_tool`, `unknown_service`,
+    /// `timeout`, `unavailable`, `extension` or `protocol`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::UnknownTool { .. } => "unknown_tool",
+            CallError::UnknownService { .. } => "unknown_service",
+            CallError::Timeout { .. } => "timeout",
+            CallError::Unavailable { .. } => "unavailable",
+            CallError::Extension { .. } => "extension",
+            CallError::Protocol { .. } => "protocol",
+        }
+    }
+
+    /// Whether retrying cannot repeat an effect: the request certainly
+    /// never reached an extension.
+    pub fn is_retry_safe(&self) -> bool {
+        matches!(
+            self,
+            CallError::Unavailable {
+                delivered: false,
+                ..
+            }
+        )
+    }
+
+    /// Maps an error from a per-extension stack.
+    pub(crate) fn from_stack(service: &str, timeout: Duration, e: tower::BoxError) -> Self {
+        use crate::client::ConnectionError;
+        if e.is::<tower::timeout::error::Elapsed>() {
+            return CallError::Timeout {
+                service: service.to_owned(),
+                after: timeout,
+            };
+        }
+        match e.downcast::<ConnectionError>() {
+            Ok(conn) if conn.is_protocol_violation() => CallError::Protocol {
+                service: service.to_owned(),
+                reason: conn.to_string(),
+            },
+            Ok(conn) => CallError::Unavailable {
+                service: service.to_owned(),
+                reason: conn.to_string(),
+                delivered: true,
+            },
+            Err(other) => CallError::Unavailable {
+                service: service.to_owned(),
+                reason: other.to_string(),
+                delivered: true,
+            },
+        }
+    }
+}

@@ -20,6 +20,8 @@
 //! - [`server`]: the extension's side, for extension authors.
 //! - [`config`], [`process`] and [`connector`]: from a service's
 //!   configuration to a running, handshaken extension process, and back.
+//! - [`registry`], [`router`] and [`manager`]: every extension behind one
+//!   `Service<ToolCall>`, supervised and restarted per its policy.
 //!
 //! # Example
 //!
@@ -65,13 +67,16 @@ pub mod config;
 pub mod connector;
 mod error;
 pub mod handshake;
+pub mod manager;
 pub mod process;
 pub mod proto;
+pub mod registry;
+pub mod router;
 pub mod server;
 pub mod stack;
 mod tool;
 pub mod trace;
 
-pub use error::StartError;
+pub use error::{CallError, StartError};
 pub use tool::{BadToolSchema, Tool};
 pub use tower::BoxError;

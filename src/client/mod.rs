@@ -58,6 +58,7 @@
 //! [`poll_ready`]: tower::Service::poll_ready
 
 mod error;
+mod failure;
 mod transport;
 
 pub use error::ConnectionError;
@@ -65,7 +66,7 @@ pub use error::ConnectionError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -75,6 +76,7 @@ use tower::Service;
 
 use crate::codec::ClientCodec;
 use crate::proto::{ExtRequest, ExtResponse};
+use failure::Failure;
 use transport::{Tagged, Transport};
 
 type Pipeline = tokio_tower::pipeline::Client<Transport, WorkerError, Tagged>;
@@ -103,7 +105,7 @@ struct Shared {
     client: tokio::sync::Mutex<Pipeline>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
-    failure: Arc<OnceLock<ConnectionError>>,
+    failure: Arc<Failure>,
 }
 
 impl fmt::Debug for Connection {
@@ -168,7 +170,7 @@ impl Builder {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let failure = Arc::new(OnceLock::new());
+        let failure = Arc::new(Failure::default());
         let transport = Transport::new(
             Box::new(io),
             ClientCodec::with_max_frame_len(self.max_frame_len),
@@ -206,6 +208,13 @@ impl Connection {
     /// Why the connection failed, if it has.
     pub fn failure(&self) -> Option<&ConnectionError> {
         self.shared.failure.get()
+    }
+
+    /// Completes when the connection fails (at once if it has), with the
+    /// cause. A supervisor awaits this to notice a lost extension without
+    /// making a call.
+    pub async fn broken(&self) -> ConnectionError {
+        self.shared.failure.wait().await
     }
 
     /// Whether the connection has failed; every call on it now fails.

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::Framed;
 
+use super::failure::Failure;
 use super::ConnectionError;
 use crate::codec::ClientCodec;
 use crate::proto::{ext_response::Msg, ExtRequest, ExtResponse, RequestKind};
@@ -51,7 +52,7 @@ struct Slot {
 pub(crate) struct Transport {
     framed: Framed<Box<dyn Io>, ClientCodec>,
     pending: VecDeque<Slot>,
-    failure: Arc<OnceLock<ConnectionError>>,
+    failure: Arc<Failure>,
     stuck_after: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -69,7 +70,7 @@ impl Transport {
     pub(crate) fn new(
         io: Box<dyn Io>,
         codec: ClientCodec,
-        failure: Arc<OnceLock<ConnectionError>>,
+        failure: Arc<Failure>,
         stuck_after: Option<Duration>,
     ) -> Self {
         Transport {
@@ -82,8 +83,7 @@ impl Transport {
     }
 
     fn fail(&self, e: ConnectionError) -> ConnectionError {
-        let _ = self.failure.set(e);
-        self.failure.get().expect("failure was just set").clone()
+        self.failure.set(e)
     }
 
     /// Fails if the oldest pending request is overdue; otherwise arms the
@@ -102,8 +102,7 @@ impl Transport {
             let now = Instant::now();
             if now >= due {
                 let waited = now - sent_at;
-                let _ = self.failure.set(ConnectionError::Stuck { request, waited });
-                return Err(self.failure.get().expect("failure was just set").clone());
+                return Err(self.failure.set(ConnectionError::Stuck { request, waited }));
             }
             timer.as_mut().reset(due);
         }

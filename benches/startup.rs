@@ -1,0 +1,174 @@
+//! Start-up of 1 and 16 extensions, side by side in one run:
+//!
+//! - `exthost`: the connector, all extensions concurrently, the connect
+//!   itself retried with a 1 ms doubling backoff;
+//! - `reference`: the reference's order: spawn all, then for each in turn
+//!   wait for its socket file by polling every 50 ms, connect, handshake;
+//! - `sequential`: one extension at a time: spawn, poll for its socket every
+//!   50 ms, connect, handshake, then the next.
+//!
+//! Each extension is this binary re-run as an `exthost::server` extension.
+//! Only the time until every extension is ready is measured; stopping them
+//! is not.
+//!
+//! `cargo bench --bench startup`
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, BenchmarkId, Criterion};
+use exthost::config::ServiceConfig;
+use exthost::connector::{Connector, Started, Target};
+use exthost::handshake::handshake;
+use exthost::process::{self, Paths, ProcessHandle};
+use exthost::server::{Call, Extension};
+use exthost::stack::{ExtensionService, StackBuilder};
+use exthost::Tool;
+
+const EXT_ENV: &str = "EXTHOST_BENCH_EXTENSION";
+
+fn serve_extension() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ext = Extension::new("bench").tool(Tool::new("echo", "", serde_json::json!({})));
+        let echo = tower::service_fn(|call: Call| async move {
+            match call {
+                Call::Tool(t) => Ok::<_, std::convert::Infallible>(t.args),
+                _ => Ok(String::new()),
+            }
+        });
+        ext.run(echo).await.unwrap();
+    });
+}
+
+fn config() -> ServiceConfig {
+    ServiceConfig::command(std::env::current_exe().unwrap()).with_env(EXT_ENV, "1")
+}
+
+async fn exthost_start(connector: &Connector, n: usize) -> Vec<Started> {
+    let starts = (0..n).map(|i| connector.start(Target::new(format!("e{i}"), config())));
+    futures::future::try_join_all(starts).await.unwrap()
+}
+
+/// The reference's way: spawn all, then for each in turn wait for the
+/// socket file (50 ms polling), connect, handshake.
+async fn reference_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, ExtensionService)> {
+    let procs: Vec<_> = (0..n)
+        .map(|i| process::spawn(&format!("r{i}"), &config(), paths).unwrap())
+        .collect();
+    let mut ready = Vec::new();
+    for p in procs {
+        let socket = p.socket().unwrap().to_owned();
+        while !Path::new(&socket).exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let mut svc = StackBuilder::new(p.name().to_owned()).build(stream);
+        handshake(&mut svc, &serde_json::json!({}), Duration::from_secs(10))
+            .await
+            .unwrap();
+        ready.push((p, svc));
+    }
+    ready
+}
+
+/// One at a time: spawn, wait for the socket file (50 ms polling),
+/// connect, handshake; then the next.
+async fn sequential_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, ExtensionService)> {
+    let mut ready = Vec::new();
+    for i in 0..n {
+        let p = process::spawn(&format!("s{i}"), &config(), paths).unwrap();
+        let socket = p.socket().unwrap().to_owned();
+        while !Path::new(&socket).exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let mut svc = StackBuilder::new(p.name().to_owned()).build(stream);
+        handshake(&mut svc, &serde_json::json!({}), Duration::from_secs(10))
+            .await
+            .unwrap();
+        ready.push((p, svc));
+    }
+    ready
+}
+
+fn startup(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("exthost-bench-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let paths = Paths::under(dir.path(), dir.path().join("daemon.sock"));
+    let connector = Connector::new(paths.clone());
+    let grace = Duration::from_secs(2);
+
+    let mut group = c.benchmark_group("startup");
+    group.sample_size(10);
+    for n in [1usize, 16] {
+        group.bench_with_input(BenchmarkId::new("exthost", n), &n, |b, &n| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let connector = connector.clone();
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        let started = exthost_start(&connector, n).await;
+                        total += t.elapsed();
+                        futures::future::join_all(started.iter().map(|s| {
+                            let svc = s.extension.as_ref().map(|e| e.service.clone());
+                            s.process.stop(svc, grace)
+                        }))
+                        .await;
+                    }
+                    total
+                }
+            })
+        });
+        for (label, sequential) in [("reference", false), ("sequential", true)] {
+            group.bench_with_input(BenchmarkId::new(label, n), &n, |b, &n| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let paths = paths.clone();
+                    async move {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let t = Instant::now();
+                            let ready = if sequential {
+                                sequential_start(&paths, n).await
+                            } else {
+                                reference_start(&paths, n).await
+                            };
+                            total += t.elapsed();
+                            futures::future::join_all(
+                                ready
+                                    .iter()
+                                    .map(|(p, svc)| p.stop(Some(svc.clone()), grace)),
+                            )
+                            .await;
+                        }
+                        total
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, startup);
+
+fn main() {
+    if std::env::var_os(EXT_ENV).is_some() {
+        serve_extension();
+        return;
+    }
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}
