@@ -78,6 +78,9 @@ use crate::proto::{ext_response::Msg, ExtRequest};
 use crate::registry::{Conflict, RegisteredTool, Table};
 use crate::router::{Router, ToolCall};
 
+/// A service spawned by `spawn_all`, waiting for `handshake_all`.
+type SpawnedSlot = (Arc<Slot>, Result<Spawned, StartError>);
+
 pub(crate) struct Shared {
     pub(crate) connector: Connector,
     pub(crate) slots: BTreeMap<String, Arc<Slot>>,
@@ -85,7 +88,7 @@ pub(crate) struct Shared {
     pub(crate) limits: RestartLimits,
     pub(crate) shutdown: CancellationToken,
     supervisors: Mutex<JoinSet<()>>,
-    spawned: Mutex<Vec<(Arc<Slot>, Result<Spawned, StartError>)>>,
+    spawned: Mutex<Vec<SpawnedSlot>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -110,6 +113,7 @@ impl Shared {
             Err(stale) => {
                 tracing::warn!(service = %slot.name, "a newer start won; stopping the older one");
                 tokio::spawn(async move {
+                    let stale = *stale;
                     let svc = stale.extension.map(|e| e.service);
                     stale.process.stop(svc, Duration::ZERO).await;
                 });

@@ -118,10 +118,10 @@ impl Slot {
     /// generation has begun since (an older, slower start never overwrites
     /// a newer one). Returns whether it was installed and whether the tool
     /// list changed.
-    pub(crate) fn install(&self, generation: u64, started: Started) -> Result<bool, Started> {
+    pub(crate) fn install(&self, generation: u64, started: Started) -> Result<bool, Box<Started>> {
         let mut live = self.live.write().expect("slot lock poisoned");
         if generation < live.generation {
-            return Err(started);
+            return Err(Box::new(started));
         }
         live.generation = generation;
         let (tools, query) = match &started.extension {
