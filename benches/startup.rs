@@ -53,6 +53,20 @@ async fn exthost_start(connector: &Connector, n: usize) -> Vec<Started> {
     futures::future::try_join_all(starts).await.unwrap()
 }
 
+/// Waits for the socket file by polling every 50 ms, as the reference
+/// did; a connect refused between the child's bind and listen is retried on
+/// the same schedule (the reference would have failed that extension).
+async fn poll_connect(socket: &Path) -> tokio::net::UnixStream {
+    loop {
+        if socket.exists() {
+            if let Ok(stream) = tokio::net::UnixStream::connect(socket).await {
+                return stream;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The reference's way: spawn all, then for each in turn wait for the
 /// socket file (50 ms polling), connect, handshake.
 async fn reference_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, ExtensionService)> {
@@ -61,11 +75,7 @@ async fn reference_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, Extensi
         .collect();
     let mut ready = Vec::new();
     for p in procs {
-        let socket = p.socket().unwrap().to_owned();
-        while !Path::new(&socket).exists() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let stream = poll_connect(p.socket().unwrap()).await;
         let mut svc = StackBuilder::new(p.name().to_owned()).build(stream);
         handshake(&mut svc, &serde_json::json!({}), Duration::from_secs(10))
             .await
@@ -81,11 +91,7 @@ async fn sequential_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, Extens
     let mut ready = Vec::new();
     for i in 0..n {
         let p = process::spawn(&format!("s{i}"), &config(), paths).unwrap();
-        let socket = p.socket().unwrap().to_owned();
-        while !Path::new(&socket).exists() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let stream = poll_connect(p.socket().unwrap()).await;
         let mut svc = StackBuilder::new(p.name().to_owned()).build(stream);
         handshake(&mut svc, &serde_json::json!({}), Duration::from_secs(10))
             .await

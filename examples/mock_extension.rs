@@ -43,6 +43,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    run().await
+}
+
+/// The whole extension; `examples/agent.rs` runs it too, when it re-runs
+/// itself as an extension.
+pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = exthost::server::ServeArgs::from_env()?;
     match std::env::var("MOCK_MODE").as_deref() {
         Ok("exit") => {

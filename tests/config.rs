@@ -126,3 +126,14 @@ fn json_errors_name_the_path_too() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn the_readme_configuration_example_parses() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+    let len = readme[start..].find("```").unwrap();
+    let cfg = HostConfig::from_toml_str(&readme[start..start + len]).unwrap();
+    assert_eq!(cfg.services.len(), 3);
+    assert_eq!(cfg.services["bridge"].kind, ServiceKind::Gateway);
+    assert_eq!(cfg.services["search"].max_in_flight(), 4);
+}

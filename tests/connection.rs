@@ -127,10 +127,11 @@ async fn extension_going_away_while_idle_breaks_the_connection() {
     let conn = Connection::new(io);
     drop(ext);
     // The worker notices the close without any request being made.
-    while !conn.is_broken() {
-        tokio::task::yield_now().await;
-    }
-    assert!(matches!(conn.failure(), Some(ConnectionError::Closed)));
+    let cause = tokio::time::timeout(Duration::from_secs(10), conn.broken())
+        .await
+        .expect("the close was not noticed");
+    assert!(matches!(cause, ConnectionError::Closed));
+    assert!(conn.is_broken());
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -274,4 +275,20 @@ async fn timeout_covers_waiting_for_an_in_flight_slot() {
         .unwrap_err();
     assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
     first.abort();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_goes_out_at_once_even_when_every_slot_is_taken() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::new(io); // one slot, taken below
+    let busy = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("busy", "")));
+    assert_eq!(recv(&mut ext).await.kind(), RequestKind::ToolCall);
+    let stop = tokio::spawn(conn.clone().oneshot(ExtRequest::shutdown()));
+    assert_eq!(recv(&mut ext).await.kind(), RequestKind::Shutdown);
+    ext.send(ExtResponse::tool_result("done")).await.unwrap();
+    assert_eq!(
+        busy.await.unwrap().unwrap(),
+        ExtResponse::tool_result("done")
+    );
+    assert_eq!(stop.await.unwrap().unwrap(), ExtResponse::default());
 }

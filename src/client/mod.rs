@@ -251,22 +251,20 @@ impl Service<ExtRequest> for Connection {
         let this = self.clone();
         ResponseFuture {
             inner: Box::pin(async move {
-                let permit = this
-                    .shared
-                    .in_flight
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the in-flight semaphore is never closed");
+                // `shutdown` is owed no answer, so it takes no slot: it goes
+                // out at once, behind whatever is already queued.
+                let permit = if req.expects_response() {
+                    let permit = this.shared.in_flight.clone().acquire_owned().await;
+                    Some(permit.expect("the in-flight semaphore is never closed"))
+                } else {
+                    None
+                };
                 let response = {
                     let mut client = this.shared.client.lock().await;
                     std::future::poll_fn(|cx| client.poll_ready(cx))
                         .await
                         .map_err(|_| this.error())?;
-                    client.call(Tagged {
-                        req,
-                        permit: Some(permit),
-                    })
+                    client.call(Tagged { req, permit })
                 };
                 response.await.map_err(|_| this.error())
             }),

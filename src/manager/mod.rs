@@ -413,9 +413,11 @@ impl ServiceManager {
 
 pub(crate) fn unavailable(slot: &Slot) -> CallError {
     let status = slot.status();
-    let reason = match &status.error {
-        Some(e) => format!("{}: {e}", status.state.as_str()),
-        None => status.state.as_str().to_owned(),
+    let reason = match (status.state, &status.error) {
+        // Taken out of service a moment before its status says so.
+        (ServiceState::Ready, _) => "going down".to_owned(),
+        (state, Some(e)) => format!("{}: {e}", state.as_str()),
+        (state, None) => state.as_str().to_owned(),
     };
     CallError::Unavailable {
         service: slot.name.clone(),
