@@ -27,7 +27,9 @@
 //! - `hang`: accepts connections but never answers anything;
 //! - `stubborn`: ignores `shutdown` (stays alive after it) and SIGTERM;
 //! - `impostor`: does not bind; an orphaned, unrelated process binds its
-//!   socket instead.
+//!   socket instead;
+//! - `wrong_kind`: handshakes normally, then answers every tool call with a
+//!   `configured` response (a protocol violation).
 
 use std::time::Duration;
 
@@ -62,6 +64,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 held.push(listener.accept().await?);
             }
         }
+        Ok("wrong_kind") => return wrong_kind(&args.socket).await,
         Ok("impostor") => {
             // A helper spawns the real server and exits at once, so the
             // server is orphaned: not a descendant of this process.
@@ -156,4 +159,36 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(path, how)?;
     }
     Ok(())
+}
+
+/// Handshakes correctly, then answers tool calls with the wrong kind.
+async fn wrong_kind(socket: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use exthost::codec::ServerCodec;
+    use exthost::proto::{ext_request::Msg, Capability, ExtResponse, PROTOCOL_VERSION};
+    use futures::{SinkExt, StreamExt};
+
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    loop {
+        let (io, _) = listener.accept().await?;
+        let mut framed = tokio_util::codec::Framed::new(io, ServerCodec::new());
+        while let Some(Ok(req)) = framed.next().await {
+            let resp = match req.msg {
+                Some(Msg::Hello(_)) => ExtResponse::ready(
+                    PROTOCOL_VERSION,
+                    "wrong",
+                    vec![Capability::tools(["w_echo"])],
+                ),
+                Some(Msg::Configure(_)) => ExtResponse::configured(),
+                Some(Msg::RegisterTools(_)) => ExtResponse::tool_schemas(vec![Tool::new(
+                    "w_echo",
+                    "Answers with the wrong kind",
+                    json!({}),
+                )
+                .to_def()]),
+                Some(Msg::Shutdown(_)) => return Ok(()),
+                _ => ExtResponse::configured(),
+            };
+            framed.send(resp).await?;
+        }
+    }
 }

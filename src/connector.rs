@@ -157,19 +157,15 @@ impl Spawned {
     }
 }
 
-async fn connect_and_handshake(
+/// Connects to `proc`'s socket, retrying the connect itself (1 ms,
+/// doubling to 25 ms) until it succeeds, the process exits, or `limit`
+/// passes.
+pub async fn wait_for_socket(
     name: &str,
-    config: &ServiceConfig,
     proc: &ProcessHandle,
-) -> Result<Connected, StartError> {
+    limit: Duration,
+) -> Result<UnixStream, StartError> {
     let socket = proc.socket().expect("extensions have a socket").to_owned();
-    let limit = config.handshake_timeout();
-    let early_exit = |status| StartError::ExitedEarly {
-        service: name.to_owned(),
-        status,
-        log_tail: proc.log_tail(LOG_TAIL_LINES),
-    };
-
     let connect = async {
         let mut delay = Duration::from_millis(1);
         loop {
@@ -181,14 +177,33 @@ async fn connect_and_handshake(
             delay = (delay * 2).min(Duration::from_millis(25));
         }
     };
-    let stream = tokio::select! {
+    tokio::select! {
         stream = tokio::time::timeout(limit, connect) => stream.map_err(|_| StartError::Timeout {
             service: name.to_owned(),
             after: limit,
             log_tail: proc.log_tail(LOG_TAIL_LINES),
-        })?,
-        status = proc.exited() => return Err(early_exit(status)),
+        }),
+        status = proc.exited() => Err(StartError::ExitedEarly {
+            service: name.to_owned(),
+            status,
+            log_tail: proc.log_tail(LOG_TAIL_LINES),
+        }),
+    }
+}
+
+async fn connect_and_handshake(
+    name: &str,
+    config: &ServiceConfig,
+    proc: &ProcessHandle,
+) -> Result<Connected, StartError> {
+    let limit = config.handshake_timeout();
+    let early_exit = |status| StartError::ExitedEarly {
+        service: name.to_owned(),
+        status,
+        log_tail: proc.log_tail(LOG_TAIL_LINES),
     };
+
+    let stream = wait_for_socket(name, proc, limit).await?;
     process::check_peer(name, &stream, proc.pid())?;
 
     let mut service = StackBuilder::new(name)

@@ -373,16 +373,40 @@ pub fn spawn(
             cmd.env("RUST_LOG", level);
         }
     }
-    let log = paths.log(name);
+    spawn_command(name, cmd, socket, &paths.log(name))
+}
+
+/// Spawns a prepared command as extension `name`, with the same treatment
+/// as [`spawn`]: stdout and stderr appended to `log`, its own process group,
+/// killed with the host, reaped by a background task. `socket` is where it
+/// will listen, if anywhere; it is removed when the process is stopped.
+///
+/// For tools that need the exact command line, such as `exthost check`,
+/// which appends `serve --socket PATH` to a user's program and arguments.
+pub fn spawn_command(
+    name: &str,
+    mut cmd: tokio::process::Command,
+    socket: Option<PathBuf>,
+    log: &Path,
+) -> Result<ProcessHandle, StartError> {
+    let io_err = |what: &'static str| {
+        let service = name.to_owned();
+        move |source| StartError::Io {
+            service,
+            what,
+            source,
+        }
+    };
+    let program = PathBuf::from(cmd.as_std().get_program());
     let mut log_file = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log)
+        .open(log)
         .map_err(io_err("open the log file"))?;
     let _ = writeln!(
         log_file,
         "--- exthost: starting {name}: {}",
-        binary.display()
+        program.display()
     );
     let stderr = log_file.try_clone().map_err(io_err("open the log file"))?;
     cmd.stdin(Stdio::null())
@@ -394,11 +418,11 @@ pub fn spawn(
 
     let mut child = cmd.spawn().map_err(|source| StartError::Spawn {
         service: name.to_owned(),
-        binary: binary.clone(),
+        binary: program.clone(),
         source,
     })?;
     let pid = child.id().expect("a just-spawned child has a pid");
-    tracing::info!(service = %name, pid, binary = %binary.display(), log = %log.display(), "spawned extension");
+    tracing::info!(service = %name, pid, binary = %program.display(), log = %log.display(), "spawned extension");
 
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
@@ -416,7 +440,7 @@ pub fn spawn(
             name: name.to_owned(),
             pid,
             socket,
-            log,
+            log: log.to_owned(),
             status: rx,
         }),
     })

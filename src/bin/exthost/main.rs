@@ -1,0 +1,283 @@
+//! `exthost`: inspect, call, check and run extensions from the shell.
+//!
+//! ```text
+//! exthost tools --config FILE [--json]
+//! exthost call  --config FILE TOOL [ARGS] [--agent NAME] [--task-id N] [--timeout DURATION]
+//! exthost run   --config FILE          # JSON lines on stdin/stdout
+//! exthost check [--config-json JSON] [--timeout DURATION] -- PROGRAM [ARGS...]
+//! ```
+
+mod check;
+mod run;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use exthost::config::HostConfig;
+use exthost::manager::{ServiceManager, StartReport};
+use exthost::process::Paths;
+use exthost::router::ToolCall;
+use exthost::CallError;
+use tower::ServiceExt;
+
+#[derive(Parser)]
+#[command(
+    name = "exthost",
+    version,
+    about = "Inspect, call, check and run tool extensions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start every service, print the tool table, the conflicts and the
+    /// failures, then shut down. Exit 1 if an enabled extension failed.
+    Tools {
+        /// The configuration file (TOML, or JSON if it ends in .json).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print a JSON array of {"service", "name", "description", "parameters"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start, call one tool, print its result, shut down. Exit codes: 0 ok,
+    /// 2 unknown tool, 3 timeout, 4 extension error, 5 unavailable,
+    /// 6 protocol violation, 1 anything else.
+    Call {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The tool to call.
+        tool: String,
+        /// Its arguments, as JSON text.
+        #[arg(default_value = "{}")]
+        args: String,
+        /// The calling agent's name.
+        #[arg(long, default_value = "exthost")]
+        agent: String,
+        /// The task id to send with the call.
+        #[arg(long)]
+        task_id: Option<u64>,
+        /// A deadline for the call, such as 500ms or 10s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Start and supervise every service, then serve JSON-lines requests on
+    /// stdin, answering on stdout.
+    Run {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check that an extension program follows the protocol.
+    Check {
+        /// The configuration to send in `configure`, as JSON.
+        #[arg(long, default_value = "{}")]
+        config_json: String,
+        /// Time allowed for start-up, each step, and shutdown.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        timeout: Duration,
+        /// The program and its arguments; `serve --socket PATH` is appended.
+        #[arg(last = true, required = true)]
+        program: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "exthost=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("exthost: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(async {
+        match cli.command {
+            Command::Tools { config, json } => tools(&config, json).await,
+            Command::Call {
+                config,
+                tool,
+                args,
+                agent,
+                task_id,
+                timeout,
+            } => {
+                let call = ToolCall::new(tool, args).agent(agent).task_id(task_id);
+                call_one(&config, call, timeout).await
+            }
+            Command::Run { config } => run::run(&config).await,
+            Command::Check {
+                config_json,
+                timeout,
+                program,
+            } => check::check(&config_json, timeout, &program).await,
+        }
+    });
+    // A blocking read of stdin (`exthost run`) would hold up a normal
+    // runtime shutdown until the next line arrives.
+    rt.shutdown_background();
+    ExitCode::from(code)
+}
+
+/// Loads the configuration, or prints why not.
+fn load(path: &Path) -> Result<(HostConfig, Paths), u8> {
+    let cfg = HostConfig::load(path).map_err(|e| {
+        eprintln!("exthost: {e}");
+        1
+    })?;
+    let mut paths = Paths::runtime_default();
+    if let Some(d) = &cfg.services_dir {
+        paths.services_dir = d.clone();
+    }
+    if let Some(d) = &cfg.logs_dir {
+        paths.logs_dir = d.clone();
+    }
+    if let Some(d) = &cfg.daemon_socket {
+        paths.daemon_socket = d.clone();
+    }
+    Ok((cfg, paths))
+}
+
+/// Starts every service, with a line per service on stderr when it is a
+/// terminal.
+async fn start(path: &Path) -> Result<(ServiceManager, StartReport), u8> {
+    let (cfg, paths) = load(path)?;
+    let manager = ServiceManager::with_paths(&cfg.services, paths);
+    let tty = std::io::stderr().is_terminal();
+    if tty {
+        eprintln!("starting {} services…", manager.services().count());
+    }
+    let report = manager.start().await;
+    if tty {
+        for name in &report.ready {
+            eprintln!("  ready   {name}");
+        }
+        for (name, _) in &report.failed {
+            eprintln!("  failed  {name}");
+        }
+    }
+    Ok((manager, report))
+}
+
+pub(crate) fn tools_json(manager: &ServiceManager) -> serde_json::Value {
+    manager
+        .tools()
+        .into_iter()
+        .map(|t| {
+            serde_json::json!({
+                "service": t.service,
+                "name": t.tool.name,
+                "description": t.tool.description,
+                "parameters": t.tool.parameters,
+            })
+        })
+        .collect()
+}
+
+async fn tools(path: &Path, json: bool) -> u8 {
+    let (manager, report) = match start(path).await {
+        Ok(started) => started,
+        Err(code) => return code,
+    };
+    if json {
+        println!("{}", tools_json(&manager));
+    } else {
+        let tools = manager.tools();
+        let sw = tools
+            .iter()
+            .map(|t| t.service.len())
+            .chain([7])
+            .max()
+            .unwrap_or(7);
+        let tw = tools
+            .iter()
+            .map(|t| t.tool.name.len())
+            .chain([4])
+            .max()
+            .unwrap_or(4);
+        println!("{:<sw$}  {:<tw$}  DESCRIPTION", "SERVICE", "TOOL");
+        for t in &tools {
+            println!(
+                "{:<sw$}  {:<tw$}  {}",
+                t.service, t.tool.name, t.tool.description
+            );
+        }
+    }
+    for c in manager.conflicts() {
+        eprintln!(
+            "conflict: tool `{}` is declared by `{}` and `{}`; `{}` keeps it",
+            c.tool, c.kept, c.dropped, c.kept
+        );
+    }
+    for (name, e) in &report.failed {
+        eprintln!("failed: {name}: {e}");
+    }
+    manager.shutdown_all().await;
+    u8::from(!report.failed.is_empty())
+}
+
+/// The exit code of a call error.
+fn exit_code(e: &CallError) -> u8 {
+    match e {
+        CallError::UnknownTool { .. } => 2,
+        CallError::Timeout { .. } => 3,
+        CallError::Extension { .. } => 4,
+        CallError::Unavailable { .. } => 5,
+        CallError::Protocol { .. } => 6,
+        _ => 1,
+    }
+}
+
+async fn call_one(path: &Path, call: ToolCall, timeout: Option<Duration>) -> u8 {
+    let (manager, report) = match start(path).await {
+        Ok(started) => started,
+        Err(code) => return code,
+    };
+    for (name, e) in &report.failed {
+        eprintln!("failed: {name}: {e}");
+    }
+    let tool = call.name.clone();
+    let fut = manager.router().oneshot(call);
+    let result = match timeout {
+        None => fut.await,
+        Some(d) => match tokio::time::timeout(d, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout {
+                service: manager
+                    .tools()
+                    .into_iter()
+                    .find(|t| t.tool.name == tool)
+                    .map(|t| t.service)
+                    .unwrap_or_default(),
+                after: d,
+            }),
+        },
+    };
+    let code = match result {
+        Ok(text) => {
+            println!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("exthost: {} error: {e}", e.kind());
+            exit_code(&e)
+        }
+    };
+    manager.shutdown_all().await;
+    code
+}

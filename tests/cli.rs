@@ -1,0 +1,357 @@
+//! The `exthost` command, run as a real binary against the mock extension.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::{alive, gone_within, mock_bin, temp_dir};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn exthost() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_exthost"));
+    cmd.kill_on_drop(true).env_remove("RUST_LOG");
+    cmd
+}
+
+/// A config with the given `[services.<name>]` bodies, in `dir`.
+fn config(dir: &Path, services: &[(&str, &str)]) -> PathBuf {
+    let mut text = format!(
+        "services_dir = \"{0}/services\"\nlogs_dir = \"{0}/logs\"\n",
+        dir.display()
+    );
+    for (name, body) in services {
+        text += &format!(
+            "[services.{name}]\ncommand = \"{}\"\n{body}\n",
+            mock_bin().display()
+        );
+    }
+    let path = dir.join("exthost.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn two_mocks(dir: &Path) -> PathBuf {
+    config(
+        dir,
+        &[
+            (
+                "alpha",
+                "env = { MOCK_PREFIX = \"a_\", MOCK_SERVICE = \"alpha\" }\ncall_timeout = \"5s\"",
+            ),
+            (
+                "beta",
+                "env = { MOCK_PREFIX = \"b_\", MOCK_SERVICE = \"beta\" }\nrestart = \"on_failure\"",
+            ),
+        ],
+    )
+}
+
+async fn output(cmd: &mut tokio::process::Command) -> Output {
+    tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("exthost did not finish")
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn tools_prints_the_table_and_json() {
+    let dir = temp_dir();
+    let cfg = two_mocks(dir.path());
+    let out = output(exthost().arg("tools").arg("--config").arg(&cfg)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("SERVICE"), "{text}");
+    assert!(
+        text.contains("alpha    a_echo   Returns its arguments unchanged"),
+        "{text}"
+    );
+    assert!(text.contains("beta     b_pid"), "{text}");
+
+    let out = output(exthost().args(["tools", "--json", "--config"]).arg(&cfg)).await;
+    assert_eq!(out.status.code(), Some(0));
+    let tools: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tools = tools.as_array().unwrap();
+    assert_eq!(tools.len(), 10);
+    assert_eq!(
+        tools[0],
+        json!({"service": "alpha", "name": "a_echo", "description": "Returns its arguments unchanged", "parameters": {"type": "object"}})
+    );
+}
+
+#[tokio::test]
+async fn tools_exits_1_when_an_extension_fails_but_prints_the_ready_ones() {
+    let dir = temp_dir();
+    let cfg = config(
+        dir.path(),
+        &[
+            ("good", "env = { MOCK_PREFIX = \"g_\" }"),
+            ("bad", "env = { MOCK_MODE = \"exit\" }"),
+        ],
+    );
+    let out = output(exthost().arg("tools").arg("--config").arg(&cfg)).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("g_echo"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("failed: bad: service `bad` exited before it was ready"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn call_exit_codes_tell_the_kind_of_outcome() {
+    let dir = temp_dir();
+    let cfg = config(
+        dir.path(),
+        &[
+            ("alpha", "env = { MOCK_PREFIX = \"a_\" }"),
+            ("wrong", "env = { MOCK_MODE = \"wrong_kind\" }"),
+        ],
+    );
+    let call = |args: &[&str]| {
+        let mut cmd = exthost();
+        cmd.arg("call").arg("--config").arg(&cfg).args(args);
+        cmd
+    };
+    let out = output(&mut call(&[
+        "a_echo",
+        r#"{"x":1}"#,
+        "--agent",
+        "me",
+        "--task-id",
+        "7",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "{\"x\":1}\n");
+    let out = output(&mut call(&["a_echo"])).await;
+    assert_eq!(stdout(&out), "{}\n", "ARGS defaults to {{}}");
+
+    for (args, code, kind) in [
+        (&["nope"][..], 2, "unknown_tool"),
+        (
+            &["a_sleep", r#"{"ms":5000}"#, "--timeout", "200ms"][..],
+            3,
+            "timeout",
+        ),
+        (&["a_fail"][..], 4, "extension"),
+        (&["a_crash"][..], 5, "unavailable"),
+        (&["w_echo"][..], 6, "protocol"),
+    ] {
+        let out = output(&mut call(args)).await;
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty());
+        assert!(
+            stderr(&out).contains(&format!("{kind} error")),
+            "{}",
+            stderr(&out)
+        );
+    }
+
+    let out = output(exthost().args(["call", "--config", "/nonexistent.toml", "x"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read /nonexistent.toml"));
+}
+
+/// A running `exthost run` with its pipes.
+struct Run {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Run {
+    fn start(cfg: &Path) -> Self {
+        let mut child = exthost()
+            .arg("run")
+            .arg("--config")
+            .arg(cfg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Run {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Value {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("no answer")
+            .unwrap()
+            .expect("stdout closed");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    async fn ask(&mut self, line: &str) -> Value {
+        self.send(line).await;
+        self.recv().await
+    }
+}
+
+#[tokio::test]
+async fn run_serves_json_lines_concurrently_and_survives_bad_lines() {
+    let dir = temp_dir();
+    let mut run = Run::start(&two_mocks(dir.path()));
+
+    // A slow call, then a fast one on the other extension: the fast answer
+    // comes first.
+    run.send(r#"{"id": 1, "tool": "a_sleep", "args": {"ms": 500}}"#)
+        .await;
+    run.send(r#"{"id": "fast", "tool": "b_echo", "args": "raw text"}"#)
+        .await;
+    assert_eq!(run.recv().await, json!({"id": "fast", "ok": "raw text"}));
+    assert_eq!(run.recv().await, json!({"id": 1, "ok": "slept 500 ms"}));
+
+    let bad = run.ask("this is not json").await;
+    assert_eq!(bad["id"], Value::Null);
+    assert_eq!(bad["error"]["kind"], "bad_request");
+    assert!(bad["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid JSON"));
+    let missing = run.ask(r#"{"id": 2}"#).await;
+    assert_eq!(missing["error"]["kind"], "bad_request");
+    assert_eq!(missing["id"], 2);
+    let args = run
+        .ask(r#"{"id": 3, "tool": "a_echo", "args": {"k": [1, 2]}}"#)
+        .await;
+    assert_eq!(args, json!({"id": 3, "ok": "{\"k\":[1,2]}"}));
+    let unknown = run.ask(r#"{"id": 4, "tool": "zzz"}"#).await;
+    assert_eq!(unknown["error"]["kind"], "unknown_tool");
+    let timeout = run
+        .ask(r#"{"id": 5, "tool": "a_sleep", "args": {"ms": 3000}, "timeout_ms": 50}"#)
+        .await;
+    assert_eq!(timeout["error"]["kind"], "timeout");
+
+    let tools = run.ask(r#"{"id": 6, "op": "tools"}"#).await;
+    assert_eq!(tools["ok"].as_array().unwrap().len(), 10);
+    let query = run
+        .ask(r#"{"id": 7, "op": "query", "service": "beta", "query": "q"}"#)
+        .await;
+    assert_eq!(query["ok"], r#"{"service":"beta","query":"q"}"#);
+    let schema = run
+        .ask(r#"{"id": 8, "op": "schema", "service": "alpha"}"#)
+        .await;
+    assert!(schema["ok"].as_str().unwrap().contains("greeting"));
+    let nosvc = run
+        .ask(r#"{"id": 9, "op": "schema", "service": "zzz"}"#)
+        .await;
+    assert_eq!(nosvc["error"]["kind"], "unknown_service");
+
+    // End of input: finish, shut down gracefully, exit 0.
+    let status = run.ask(r#"{"id": 10, "op": "status"}"#).await;
+    let pids: Vec<u32> = ["alpha", "beta"]
+        .iter()
+        .map(|s| status["ok"][s]["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(status["ok"]["alpha"]["state"], "ready");
+    drop(run.stdin.take());
+    let code = tokio::time::timeout(WAIT, run.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code.code(), Some(0));
+    assert!(pids.iter().all(|p| !alive(*p)));
+}
+
+#[tokio::test]
+async fn run_reports_a_crash_and_the_restart() {
+    let dir = temp_dir();
+    let mut run = Run::start(&two_mocks(dir.path()));
+    let old = run.ask(r#"{"id": 1, "tool": "b_pid"}"#).await["ok"].clone();
+    let crash = run.ask(r#"{"id": 2, "tool": "b_crash"}"#).await;
+    assert_eq!(crash["error"]["kind"], "unavailable");
+    // Ask for the status until the restart shows (bounded).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = run.ask(r#"{"id": "s", "op": "status"}"#).await;
+        let beta = &status["ok"]["beta"];
+        if beta["state"] == "ready" && beta["restarts"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no restart: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new = run.ask(r#"{"id": 3, "tool": "b_pid"}"#).await["ok"].clone();
+    assert_ne!(old, new);
+    drop(run.stdin.take());
+    assert_eq!(run.child.wait().await.unwrap().code(), Some(0));
+}
+
+#[tokio::test]
+async fn run_shuts_down_gracefully_on_sigterm() {
+    let dir = temp_dir();
+    let mut run = Run::start(&two_mocks(dir.path()));
+    let status = run.ask(r#"{"id": 1, "op": "status"}"#).await;
+    let pid = status["ok"]["alpha"]["pid"].as_u64().unwrap() as u32;
+    let host = nix::unistd::Pid::from_raw(run.child.id().unwrap() as i32);
+    nix::sys::signal::kill(host, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let code = tokio::time::timeout(WAIT, run.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code.code(), Some(0));
+    assert!(gone_within(pid, WAIT).await);
+}
+
+#[tokio::test]
+async fn check_passes_the_mock_and_fails_broken_extensions() {
+    let out = output(exthost().arg("check").arg("--").arg(mock_bin())).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("PASS unknown_tool\n"), "{text}");
+    assert!(text.ends_with("12/12 checks passed\n"), "{text}");
+
+    let out = output(
+        exthost()
+            .args(["check", "--timeout", "2s", "--"])
+            .arg(mock_bin())
+            .env("MOCK_MODE", "exit"),
+    )
+    .await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.starts_with("FAIL socket: "), "{text}");
+    assert!(text.ends_with("0/12 checks passed\n"), "{text}");
+
+    let out = output(
+        exthost()
+            .args(["check", "--timeout", "300ms", "--"])
+            .arg(mock_bin())
+            .env("MOCK_MODE", "stubborn"),
+    )
+    .await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("FAIL shutdown: still running"), "{text}");
+    assert!(text.ends_with("11/12 checks passed\n"), "{text}");
+}
