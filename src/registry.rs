@@ -98,3 +98,18 @@ impl<T> Table<T> {
         table
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn portable_names_are_1_to_64_of_the_llm_alphabet() {
+        assert!(is_portable_tool_name("get_weather-v2"));
+        assert!(is_portable_tool_name(&"x".repeat(64)));
+        assert!(!is_portable_tool_name(&"x".repeat(65)));
+        assert!(!is_portable_tool_name(""));
+        assert!(!is_portable_tool_name("has space"));
+        assert!(!is_portable_tool_name("dotted.name"));
+    }
+}

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::{alive, gone_within, mock_bin, temp_dir};
+use exthost::client::Connection;
 use exthost::config::ServiceConfig;
 use exthost::connector::{Connector, Started, Target};
 use exthost::handshake::HandshakeError;
@@ -334,4 +335,51 @@ async fn killing_the_host_with_sigkill_leaves_no_extension_alive() {
             "extension {pid} outlived its host"
         );
     }
+}
+
+#[tokio::test]
+async fn gateway_is_spawned_with_daemon_and_config_and_the_environment() {
+    let dir = temp_dir();
+    let out = dir.path().join("gateway.out");
+    let script = dir.path().join("gateway.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" > {out}\necho \"GW=$GW RUST_LOG=$RUST_LOG\" >> {out}\nexec sleep 30\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = ServiceConfig::command(&script)
+        .with_env("GW", "yes")
+        .with_env("RUST_LOG", "debug")
+        .with_config(serde_json::json!({"room": 1}));
+    cfg.kind = exthost::config::ServiceKind::Gateway;
+    cfg.args = vec!["--extra".into()];
+    let connector = Connector::new(paths(dir.path()));
+    let started = connector.start(Target::new("gw", cfg)).await.unwrap();
+    assert!(started.extension.is_none(), "gateways are not handshaken");
+    // The script writes its file before it execs; wait for it (bounded).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let text = loop {
+        match std::fs::read_to_string(&out) {
+            Ok(t) if t.lines().count() == 2 => break t,
+            _ if tokio::time::Instant::now() > deadline => panic!("gateway wrote nothing"),
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    let daemon = dir.path().join("daemon.sock");
+    assert_eq!(
+        text,
+        format!(
+            "serve --daemon {} --config {{\"room\":1}} --extra\nGW=yes RUST_LOG=debug\n",
+            daemon.display()
+        )
+    );
+    let outcome = started
+        .process
+        .stop(None::<Connection>, Duration::from_secs(2))
+        .await;
+    assert!(matches!(outcome, StopOutcome::Terminated(_)), "{outcome:?}");
 }
