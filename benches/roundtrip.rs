@@ -13,6 +13,8 @@
 //! Run `cargo bench --bench roundtrip`, and pinned to one core
 //! `taskset -c 0 cargo bench --bench roundtrip`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -21,9 +23,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use criterion::{criterion_group, Criterion};
 use exthost::proto::{ExtRequest, ExtResponse};
-use exthost::server::{Call, Extension};
 use exthost::stack::StackBuilder;
-use exthost::Tool;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -36,19 +36,9 @@ const SERVER_ENV: &str = "EXTHOST_BENCH_SERVE";
 const ARGS: &str = r#"{"query":"the quick brown fox","limit":10,"offset":0,"x":true}"#;
 
 fn serve(path: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ext = Extension::new("bench").tool(Tool::new("echo", "", serde_json::json!({})));
-        let echo = tower::service_fn(|call: Call| async move {
-            match call {
-                Call::Tool(t) => Ok::<_, std::convert::Infallible>(t.args),
-                _ => Ok(String::new()),
-            }
-        });
-        ext.serve(path, echo).await.unwrap();
+    common::runtime().block_on(async {
+        let echo = tower::service_fn(common::echo);
+        common::echo_extension().serve(path, echo).await.unwrap();
     });
 }
 

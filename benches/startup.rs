@@ -13,6 +13,8 @@
 //!
 //! `cargo bench --bench startup`
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -21,26 +23,14 @@ use exthost::config::ServiceConfig;
 use exthost::connector::{Connector, Started, Target};
 use exthost::handshake::handshake;
 use exthost::process::{self, Paths, ProcessHandle};
-use exthost::server::{Call, Extension};
 use exthost::stack::{ExtensionService, StackBuilder};
-use exthost::Tool;
 
 const EXT_ENV: &str = "EXTHOST_BENCH_EXTENSION";
 
 fn serve_extension() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ext = Extension::new("bench").tool(Tool::new("echo", "", serde_json::json!({})));
-        let echo = tower::service_fn(|call: Call| async move {
-            match call {
-                Call::Tool(t) => Ok::<_, std::convert::Infallible>(t.args),
-                _ => Ok(String::new()),
-            }
-        });
-        ext.run(echo).await.unwrap();
+    common::runtime().block_on(async {
+        let echo = tower::service_fn(common::echo);
+        common::echo_extension().run(echo).await.unwrap();
     });
 }
 
@@ -67,6 +57,16 @@ async fn poll_connect(socket: &Path) -> tokio::net::UnixStream {
     }
 }
 
+/// Connects to a spawned extension the old way and runs the handshake.
+async fn poll_and_handshake(p: ProcessHandle) -> (ProcessHandle, ExtensionService) {
+    let stream = poll_connect(p.socket().unwrap()).await;
+    let mut svc = StackBuilder::new(p.name().to_owned()).build(stream);
+    handshake(&mut svc, &serde_json::json!({}), Duration::from_secs(10))
+        .await
+        .unwrap();
+    (p, svc)
+}
+
 /// The reference's way: spawn all, then for each in turn wait for the
 /// socket file (50 ms polling), connect, handshake.
 async fn reference_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, ExtensionService)> {
@@ -75,12 +75,7 @@ async fn reference_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, Extensi
         .collect();
     let mut ready = Vec::new();
     for p in procs {
-        let stream = poll_connect(p.socket().unwrap()).await;
-        let mut svc = StackBuilder::new(p.name().to_owned()).build(stream);
-        handshake(&mut svc, &serde_json::json!({}), Duration::from_secs(10))
-            .await
-            .unwrap();
-        ready.push((p, svc));
+        ready.push(poll_and_handshake(p).await);
     }
     ready
 }
@@ -91,12 +86,7 @@ async fn sequential_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, Extens
     let mut ready = Vec::new();
     for i in 0..n {
         let p = process::spawn(&format!("s{i}"), &config(), paths).unwrap();
-        let stream = poll_connect(p.socket().unwrap()).await;
-        let mut svc = StackBuilder::new(p.name().to_owned()).build(stream);
-        handshake(&mut svc, &serde_json::json!({}), Duration::from_secs(10))
-            .await
-            .unwrap();
-        ready.push((p, svc));
+        ready.push(poll_and_handshake(p).await);
     }
     ready
 }

@@ -335,14 +335,7 @@ pub fn spawn(
 ) -> Result<ProcessHandle, StartError> {
     config.validate(name).map_err(StartError::Config)?;
     let binary = resolve_binary(name, config)?;
-    let io_err = |what: &'static str| {
-        let service = name.to_owned();
-        move |source| StartError::Io {
-            service,
-            what,
-            source,
-        }
-    };
+    let io_err = |what| io_error(name, what);
     prepare_private_dir(&paths.logs_dir).map_err(io_err("create the logs folder"))?;
 
     let mut cmd = tokio::process::Command::new(&binary);
@@ -389,14 +382,7 @@ pub fn spawn_command(
     socket: Option<PathBuf>,
     log: &Path,
 ) -> Result<ProcessHandle, StartError> {
-    let io_err = |what: &'static str| {
-        let service = name.to_owned();
-        move |source| StartError::Io {
-            service,
-            what,
-            source,
-        }
-    };
+    let io_err = |what| io_error(name, what);
     let program = PathBuf::from(cmd.as_std().get_program());
     let mut log_file = OpenOptions::new()
         .create(true)
@@ -444,6 +430,16 @@ pub fn spawn_command(
             status: rx,
         }),
     })
+}
+
+/// Wraps an i/o error of `service` while it did `what`.
+fn io_error(service: &str, what: &'static str) -> impl FnOnce(io::Error) -> StartError {
+    let service = service.to_owned();
+    move |source| StartError::Io {
+        service,
+        what,
+        source,
+    }
 }
 
 struct KillGroupOnDrop(Option<u32>);
