@@ -25,17 +25,8 @@ use exthost::handshake::handshake;
 use exthost::process::{self, Paths, ProcessHandle};
 use exthost::stack::{ExtensionService, StackBuilder};
 
-const EXT_ENV: &str = "EXTHOST_BENCH_EXTENSION";
-
-fn serve_extension() {
-    common::runtime().block_on(async {
-        let echo = tower::service_fn(common::echo);
-        common::echo_extension().run(echo).await.unwrap();
-    });
-}
-
 fn config() -> ServiceConfig {
-    ServiceConfig::command(std::env::current_exe().unwrap()).with_env(EXT_ENV, "1")
+    ServiceConfig::command(std::env::current_exe().unwrap())
 }
 
 async fn exthost_start(connector: &Connector, n: usize) -> Vec<Started> {
@@ -159,8 +150,7 @@ fn startup(c: &mut Criterion) {
 criterion_group!(benches, startup);
 
 fn main() {
-    if std::env::var_os(EXT_ENV).is_some() {
-        serve_extension();
+    if common::serve_if_asked() {
         return;
     }
     benches();
