@@ -8,6 +8,12 @@
 //! The generated types nest each message in a `oneof`; the constructors here
 //! build them without spelling out the nesting.
 //!
+//! Both messages also carry an optional `correlation_id` (field 1000,
+//! outside the `oneof`): the host's connection numbers every request, and
+//! [`crate::server`] copies the number into the answer, so the host can
+//! check that an answer belongs to the request it is matched with. Older
+//! extensions ignore the field and are matched by order alone.
+//!
 //! # Example
 //!
 //! ```
@@ -75,7 +81,10 @@ impl fmt::Display for RequestKind {
 
 impl ExtRequest {
     fn of(msg: ext_request::Msg) -> Self {
-        ExtRequest { msg: Some(msg) }
+        ExtRequest {
+            msg: Some(msg),
+            correlation_id: None,
+        }
     }
 
     /// `hello` with the given protocol version.
@@ -174,7 +183,10 @@ impl ExtRequest {
 
 impl ExtResponse {
     fn of(msg: ext_response::Msg) -> Self {
-        ExtResponse { msg: Some(msg) }
+        ExtResponse {
+            msg: Some(msg),
+            correlation_id: None,
+        }
     }
 
     /// `ready` with a protocol version, a service name and capabilities.

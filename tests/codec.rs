@@ -22,6 +22,24 @@ fn tool_call_frame_has_exact_bytes() {
 }
 
 #[test]
+fn correlation_id_is_field_1000_outside_the_oneof() {
+    let mut req = ExtRequest::register_tools();
+    req.correlation_id = Some(5);
+    let mut buf = BytesMut::new();
+    ClientCodec::new().encode(req, &mut buf).unwrap();
+    // register_tools (field 2), then field 1000 as a varint: tag 8000 is
+    // 0xc0 0x3e.
+    assert_eq!(&buf[..], b"\x00\x00\x00\x05\x12\x00\xc0\x3e\x05");
+
+    // An answer without the field, as older extensions send, decodes with
+    // no id.
+    let mut buf = BytesMut::from(&b"\x00\x00\x00\x02\x32\x00"[..]);
+    let resp = ClientCodec::new().decode(&mut buf).unwrap().unwrap();
+    assert_eq!(resp, ExtResponse::configured());
+    assert_eq!(resp.correlation_id, None);
+}
+
+#[test]
 fn ready_frame_decodes_from_hand_written_bytes() {
     // ExtResponse{ready{version "0.2", service "s", capabilities [tools ["t"]]}}
     let payload: &[u8] = b"\x0a\x0f\x0a\x030.2\x12\x01s\x1a\x05\x0a\x03\x0a\x01t";
@@ -121,6 +139,13 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn request() -> impl Strategy<Value = ExtRequest> {
+    (bare_request(), proptest::option::of(any::<u64>())).prop_map(|(mut r, id)| {
+        r.correlation_id = id;
+        r
+    })
+}
+
+fn bare_request() -> impl Strategy<Value = ExtRequest> {
     prop_oneof![
         text().prop_map(ExtRequest::hello),
         Just(ExtRequest::register_tools()),
@@ -130,7 +155,7 @@ fn request() -> impl Strategy<Value = ExtRequest> {
         Just(ExtRequest::shutdown()),
         text().prop_map(ExtRequest::configure),
         Just(ExtRequest::get_schema()),
-        Just(ExtRequest { msg: None }),
+        Just(ExtRequest::default()),
     ]
 }
 
@@ -146,6 +171,13 @@ fn capability() -> impl Strategy<Value = Capability> {
 }
 
 fn response() -> impl Strategy<Value = ExtResponse> {
+    (bare_response(), proptest::option::of(any::<u64>())).prop_map(|(mut r, id)| {
+        r.correlation_id = id;
+        r
+    })
+}
+
+fn bare_response() -> impl Strategy<Value = ExtResponse> {
     let tool = (
         text(),
         text(),

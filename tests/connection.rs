@@ -292,3 +292,47 @@ async fn shutdown_goes_out_at_once_even_when_every_slot_is_taken() {
     );
     assert_eq!(stop.await.unwrap().unwrap(), ExtResponse::default());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn requests_are_numbered_and_echoed_ids_are_accepted() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder().max_in_flight(2).build(io);
+    let a = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("a", "")));
+    let b = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("b", "")));
+    let (ra, rb) = (recv(&mut ext).await, recv(&mut ext).await);
+    let (ia, ib) = (ra.correlation_id.unwrap(), rb.correlation_id.unwrap());
+    assert_ne!(ia, ib);
+    for (id, text) in [(ia, "a"), (ib, "b")] {
+        let mut resp = ExtResponse::tool_result(text);
+        resp.correlation_id = Some(id);
+        ext.send(resp).await.unwrap();
+    }
+    assert_eq!(
+        a.await.unwrap().unwrap().msg,
+        ExtResponse::tool_result("a").msg
+    );
+    assert_eq!(
+        b.await.unwrap().unwrap().msg,
+        ExtResponse::tool_result("b").msg
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_skipped_answer_is_caught_by_its_correlation_id_when_pipelining() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder().max_in_flight(2).build(io);
+    let a = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("a", "")));
+    let b = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("b", "")));
+    let _ra = recv(&mut ext).await;
+    let rb = recv(&mut ext).await;
+    // A buggy extension skips a's answer and answers b: by order alone,
+    // a would receive b's answer.
+    let mut resp = ExtResponse::tool_result("answer to b");
+    resp.correlation_id = rb.correlation_id;
+    ext.send(resp).await.unwrap();
+    for call in [a, b] {
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, ConnectionError::Mismatched { .. }), "{err:?}");
+        assert!(err.is_protocol_violation());
+    }
+}

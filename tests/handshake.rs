@@ -47,7 +47,7 @@ where
 async fn handshake_sends_version_and_config_and_returns_the_tools() {
     let info = run(|mut ext| async move {
         let hello = expect(&mut ext, RequestKind::Hello).await;
-        assert_eq!(hello, ExtRequest::hello(PROTOCOL_VERSION));
+        assert_eq!(hello.msg, ExtRequest::hello(PROTOCOL_VERSION).msg);
         ext.send(ExtResponse::ready(
             PROTOCOL_VERSION,
             "svc",
@@ -56,7 +56,10 @@ async fn handshake_sends_version_and_config_and_returns_the_tools() {
         .await
         .unwrap();
         let configure = expect(&mut ext, RequestKind::Configure).await;
-        assert_eq!(configure, ExtRequest::configure(r#"{"greeting":"hi"}"#));
+        assert_eq!(
+            configure.msg,
+            ExtRequest::configure(r#"{"greeting":"hi"}"#).msg
+        );
         ext.send(ExtResponse::configured()).await.unwrap();
         expect(&mut ext, RequestKind::RegisterTools).await;
         ext.send(ExtResponse::tool_schemas(vec![

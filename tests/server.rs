@@ -127,3 +127,28 @@ async fn service_errors_become_error_responses_with_their_text() {
         .unwrap();
     assert_eq!(broke.error_message(), Some("tool broke"));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn answers_echo_the_requests_correlation_id() {
+    use futures::{SinkExt, StreamExt};
+    let (host, ext_io) = tokio::io::duplex(4096);
+    let handler = service_fn(|call: Call| async move {
+        match call {
+            Call::Tool(t) => Ok::<_, String>(t.args),
+            _ => Ok(String::new()),
+        }
+    });
+    tokio::spawn(ext().serve_connection(ext_io, handler));
+    let mut framed = tokio_util::codec::Framed::new(host, exthost::codec::ClientCodec::new());
+    for (id, req) in [
+        (Some(77), ExtRequest::tool_call("first", "x")),
+        (Some(78), ExtRequest::tool_call("missing", "x")),
+        (None, ExtRequest::get_schema()),
+    ] {
+        let mut req = req;
+        req.correlation_id = id;
+        framed.send(req).await.unwrap();
+        let resp = framed.next().await.unwrap().unwrap();
+        assert_eq!(resp.correlation_id, id, "{resp:?}");
+    }
+}

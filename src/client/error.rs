@@ -36,6 +36,17 @@ pub enum ConnectionError {
         /// The kind of the response that arrived.
         response: &'static str,
     },
+    /// An answer carried the correlation id of another request: the
+    /// extension skipped, repeated or reordered answers.
+    #[error(
+        "protocol violation: answer for request #{got} arrived where request #{expected} was due"
+    )]
+    Mismatched {
+        /// The correlation id of the request due.
+        expected: u64,
+        /// The correlation id the answer carried.
+        got: u64,
+    },
     /// The oldest request went unanswered long past its deadline.
     ///
     /// An extension that skips an answer would shift every later answer by
@@ -57,6 +68,7 @@ impl ConnectionError {
             ConnectionError::Codec(_)
                 | ConnectionError::Unsolicited { .. }
                 | ConnectionError::WrongResponse { .. }
+                | ConnectionError::Mismatched { .. }
                 | ConnectionError::Stuck { .. }
         )
     }

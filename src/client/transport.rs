@@ -34,6 +34,7 @@ pub(crate) struct Tagged {
 /// One request the extension has not answered yet.
 struct Slot {
     kind: RequestKind,
+    id: u64,
     sent_at: Instant,
     /// Released when the answer arrives (or the connection dies), not when
     /// the caller gives up: the limit counts what the extension still owes.
@@ -44,6 +45,7 @@ struct Slot {
 ///
 /// Besides framing, it enforces the answer-matching rules: each answer must
 /// be of the kind its request expects, an answer with nothing pending is a
+/// violation, an answer carrying another request's correlation id is a
 /// violation, `shutdown` (which gets no answer) yields a synthetic empty
 /// response in its place in the order, and a connection whose oldest request
 /// is overdue past `stuck_after` fails. Every failure is recorded in
@@ -55,6 +57,8 @@ pub(crate) struct Transport {
     failure: Arc<Failure>,
     stuck_after: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The correlation id of the next request.
+    next_id: u64,
 }
 
 impl fmt::Debug for Transport {
@@ -79,6 +83,7 @@ impl Transport {
             failure,
             stuck_after,
             timer: None,
+            next_id: 1,
         }
     }
 
@@ -153,12 +158,17 @@ impl Sink<Tagged> for Transport {
 
     fn start_send(mut self: Pin<&mut Self>, item: Tagged) -> Result<(), Self::Error> {
         let this = &mut *self;
-        let kind = item.req.kind();
-        if let Err(e) = Pin::new(&mut this.framed).start_send(item.req) {
+        let mut req = item.req;
+        let kind = req.kind();
+        let id = this.next_id;
+        this.next_id += 1;
+        req.correlation_id = Some(id);
+        if let Err(e) = Pin::new(&mut this.framed).start_send(req) {
             return Err(this.fail(e.into()));
         }
         this.pending.push_back(Slot {
             kind,
+            id,
             sent_at: Instant::now(),
             _permit: item.permit,
         });
@@ -202,7 +212,7 @@ impl Stream for Transport {
             }
             Poll::Ready(item) => item,
         };
-        let resp = match item {
+        let mut resp = match item {
             Some(Ok(resp)) => resp,
             Some(Err(e)) => return Poll::Ready(Some(Err(this.fail(e.into())))),
             None => return Poll::Ready(Some(Err(this.fail(ConnectionError::Closed)))),
@@ -213,6 +223,16 @@ impl Stream for Transport {
             };
             return Poll::Ready(Some(Err(this.fail(e))));
         };
+        // The id is the connection's business: verified here, not passed on.
+        if let Some(got) = resp.correlation_id.take() {
+            if got != slot.id {
+                let e = ConnectionError::Mismatched {
+                    expected: slot.id,
+                    got,
+                };
+                return Poll::Ready(Some(Err(this.fail(e))));
+            }
+        }
         if !answers(slot.kind, &resp) {
             let e = ConnectionError::WrongResponse {
                 request: slot.kind,

@@ -102,7 +102,7 @@ pin_project! {
     #[project = ProtocolFutureProj]
     pub(crate) enum ProtocolFuture<F> {
         Ready { resp: Option<Option<ExtResponse>> },
-        Inner { #[pin] fut: F, answer: Answer },
+        Inner { #[pin] fut: F, answer: Answer, id: Option<u64> },
     }
 }
 
@@ -118,8 +118,8 @@ where
             ProtocolFutureProj::Ready { resp } => {
                 Poll::Ready(Ok(resp.take().expect("polled after completion")))
             }
-            ProtocolFutureProj::Inner { fut, answer } => {
-                let resp = match ready!(fut.poll(cx)) {
+            ProtocolFutureProj::Inner { fut, answer, id } => {
+                let mut resp = match ready!(fut.poll(cx)) {
                     Ok(text) => match answer {
                         Answer::Tool => ExtResponse::tool_result(text),
                         Answer::Query => ExtResponse::service_query_result(text),
@@ -127,6 +127,7 @@ where
                     },
                     Err(e) => ExtResponse::error(e.into().to_string()),
                 };
+                resp.correlation_id = *id;
                 Poll::Ready(Ok(Some(resp)))
             }
         }
@@ -147,8 +148,13 @@ where
     }
 
     fn call(&mut self, req: ExtRequest) -> Self::Future {
-        let ready = |resp: ExtResponse| ProtocolFuture::Ready {
-            resp: Some(Some(resp)),
+        // Answers echo the request's correlation id, if it has one.
+        let id = req.correlation_id;
+        let ready = |mut resp: ExtResponse| {
+            resp.correlation_id = id;
+            ProtocolFuture::Ready {
+                resp: Some(Some(resp)),
+            }
         };
         let meta = &*self.meta;
         let (call, answer) = match req.msg {
@@ -183,6 +189,7 @@ where
         ProtocolFuture::Inner {
             fut: self.inner.call(call),
             answer,
+            id,
         }
     }
 }

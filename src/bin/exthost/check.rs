@@ -139,6 +139,7 @@ async fn run_checks(
     let ready = match request(&conn, ExtRequest::hello(PROTOCOL_VERSION), timeout).await {
         Ok(ExtResponse {
             msg: Some(Msg::Ready(r)),
+            ..
         }) => r,
         Ok(other) => {
             report.record(
@@ -171,6 +172,7 @@ async fn run_checks(
     let schemas = match request(&conn, ExtRequest::register_tools(), timeout).await {
         Ok(ExtResponse {
             msg: Some(Msg::ToolSchemas(s)),
+            ..
         }) => {
             report.record("register_tools", Ok(()));
             Some(s.tools)
@@ -255,6 +257,7 @@ async fn run_checks(
     let schema = match request(&conn, ExtRequest::get_schema(), timeout).await {
         Ok(ExtResponse {
             msg: Some(Msg::SchemaResult(s)),
+            ..
         }) => serde_json::from_str::<Value>(&s.schema)
             .map(|_| ())
             .map_err(|e| format!("the schema is not JSON: {e}")),
