@@ -3,8 +3,8 @@
 //! [`ServiceConfig`] keeps the reference's fields and serde names
 //! (`description`, `kind`, `crate` (alias `krate`), `restart`, `enabled`,
 //! `env`, `config`) and adds `command`, `args`, `call_timeout`,
-//! `handshake_timeout`, `shutdown_grace` (durations as `"500ms"`, `"10s"`)
-//! and `max_in_flight`. [`HostConfig`] is a whole file: optional
+//! `handshake_timeout`, `shutdown_grace`, `stuck_margin` (durations as
+//! `"500ms"`, `"10s"`) and `max_in_flight`. [`HostConfig`] is a whole file: optional
 //! `services_dir`, `logs_dir` and `daemon_socket`, and the services, loaded
 //! from TOML or JSON. Every error names the service and the field.
 //!
@@ -120,6 +120,14 @@ pub struct ServiceConfig {
     /// Answers the extension may owe at once (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
+    /// How long past its call timeout a request may stay unanswered before
+    /// the connection counts as stuck and is reset (default 5 s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stuck_margin: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -146,6 +154,7 @@ impl Default for ServiceConfig {
             handshake_timeout: None,
             shutdown_grace: None,
             max_in_flight: None,
+            stuck_margin: None,
         }
     }
 }
@@ -201,6 +210,18 @@ impl ServiceConfig {
     pub fn with_max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = Some(n);
         self
+    }
+
+    /// Sets the stuck margin.
+    pub fn with_stuck_margin(mut self, margin: Duration) -> Self {
+        self.stuck_margin = Some(margin);
+        self
+    }
+
+    /// The stuck margin in force.
+    pub fn stuck_margin(&self) -> Duration {
+        self.stuck_margin
+            .unwrap_or(crate::stack::DEFAULT_STUCK_MARGIN)
     }
 
     /// Sets the service's own configuration.

@@ -209,6 +209,7 @@ async fn connect_and_handshake(
     let mut service = StackBuilder::new(name)
         .timeout(config.call_timeout())
         .max_in_flight(config.max_in_flight())
+        .stuck_margin(Some(config.stuck_margin()))
         .build(stream);
     let info = tokio::select! {
         info = handshake(&mut service, &config.config, limit) => info,
@@ -217,7 +218,9 @@ async fn connect_and_handshake(
     let info = match info {
         Ok(info) => info,
         Err(source) => {
-            if let Some(status) = proc.exit_status() {
+            // A process that exits mid-handshake closes the socket a moment
+            // before its exit is reaped: report the exit if it follows.
+            if let Some(status) = proc.exited_within(process::EXIT_AFTER_CLOSE).await {
                 return Err(early_exit(status));
             }
             return Err(StartError::Handshake {

@@ -9,12 +9,10 @@ use tokio::time::Instant;
 
 use super::slot::{ServiceState, Slot};
 use super::Shared;
+use crate::client::ConnectionError;
 use crate::config::RestartPolicy;
 use crate::connector::{Started, Target};
 use crate::stack::ExtensionService;
-
-/// How long to wait for a process's exit after its connection closed.
-const EXIT_AFTER_CLOSE: Duration = Duration::from_millis(100);
 
 /// How restarts are paced and when they stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +53,7 @@ impl RestartLimits {
 /// Why an incarnation ended.
 enum Down {
     Exited(ExitStatus),
-    ConnectionLost(String),
+    ConnectionLost(ConnectionError),
     StartFailed(String),
 }
 
@@ -86,7 +84,7 @@ async fn incarnation_ends(started: &Started) -> Down {
     };
     tokio::select! {
         status = started.process.exited() => Down::Exited(status),
-        e = lost => Down::ConnectionLost(e.to_string()),
+        e = lost => Down::ConnectionLost(e),
     }
 }
 
@@ -108,10 +106,22 @@ pub(crate) async fn supervise(shared: Arc<Shared>, slot: Arc<Slot>, first: Optio
                 // Calls fail at once from here on.
                 slot.take();
                 match cause {
+                    // The extension broke the protocol: that is the cause,
+                    // whatever its exit after we reset the connection.
+                    Down::ConnectionLost(violation) if violation.is_protocol_violation() => {
+                        started
+                            .process
+                            .stop(None::<ExtensionService>, Duration::ZERO)
+                            .await;
+                        Down::ConnectionLost(violation)
+                    }
                     Down::ConnectionLost(lost) => {
                         // A crash closes the socket a moment before the exit
                         // is reaped: prefer the exit status when it follows.
-                        let exit = started.process.exited_within(EXIT_AFTER_CLOSE).await;
+                        let exit = started
+                            .process
+                            .exited_within(crate::process::EXIT_AFTER_CLOSE)
+                            .await;
                         match exit {
                             Some(status) => Down::Exited(status),
                             None => {

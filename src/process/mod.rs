@@ -39,6 +39,10 @@ use crate::config::{ServiceConfig, ServiceKind};
 use crate::error::StartError;
 use crate::proto::{ExtRequest, ExtResponse};
 
+/// How long to wait for a process's exit after its connection closed, so
+/// that a crash is reported by its exit status.
+pub(crate) const EXIT_AFTER_CLOSE: Duration = Duration::from_millis(100);
+
 /// The longest Unix socket path Linux accepts (`sun_path` is 108 bytes,
 /// one of them the terminating NUL).
 pub const MAX_SOCKET_PATH: usize = 107;

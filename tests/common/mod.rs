@@ -154,3 +154,8 @@ pub async fn gone_within(pid: u32, within: Duration) -> bool {
     }
     true
 }
+
+/// The purpose-built misbehaving extension (examples/hostile_extension.rs).
+pub fn hostile_bin() -> PathBuf {
+    example_bin("hostile_extension")
+}

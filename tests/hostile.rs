@@ -1,0 +1,230 @@
+//! Hostile extensions: whatever they do, the host stays up, the affected
+//! calls get typed errors, other extensions are unaffected, and the
+//! extension is restarted or marked failed per its policy.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{hostile_bin, mock_bin, temp_dir};
+use exthost::config::{RestartPolicy, ServiceConfig};
+use exthost::manager::{RestartLimits, ServiceManager, ServiceState, ServiceStatus};
+use exthost::process::Paths;
+use exthost::router::ToolCall;
+use exthost::{CallError, StartError};
+use tower::ServiceExt;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A manager with a hostile extension (`mode`, restart per `restart`) and
+/// a healthy mock beside it.
+async fn start(
+    dir: &std::path::Path,
+    mode: &str,
+    restart: RestartPolicy,
+) -> (ServiceManager, exthost::manager::StartReport) {
+    let hostile = ServiceConfig::command(hostile_bin())
+        .with_env("HOSTILE_MODE", mode)
+        .with_restart(restart)
+        .with_call_timeout(Duration::from_millis(300))
+        .with_stuck_margin(Duration::from_millis(300))
+        .with_handshake_timeout(Duration::from_secs(2))
+        .with_shutdown_grace(Duration::from_millis(500));
+    let healthy = ServiceConfig::command(mock_bin()).with_env("MOCK_PREFIX", "ok_");
+    let configs: BTreeMap<_, _> = [
+        ("hostile".to_owned(), hostile),
+        ("healthy".to_owned(), healthy),
+    ]
+    .into();
+    let limits = RestartLimits {
+        backoff_base: Duration::from_millis(10),
+        ..RestartLimits::default()
+    };
+    let m = ServiceManager::with_limits(&configs, Paths::under(dir, dir.join("d.sock")), limits);
+    let report = m.start().await;
+    (m, report)
+}
+
+async fn call(m: &ServiceManager, tool: &str, args: &str) -> Result<String, CallError> {
+    tokio::time::timeout(WAIT, m.router().oneshot(ToolCall::new(tool, args)))
+        .await
+        .expect("a call hung")
+}
+
+async fn wait_until(
+    m: &ServiceManager,
+    service: &str,
+    pred: impl FnMut(&ServiceStatus) -> bool,
+) -> ServiceStatus {
+    tokio::time::timeout(WAIT, m.wait_for(service, pred))
+        .await
+        .unwrap_or_else(|_| panic!("{service}: no such status; now {:?}", m.status(service)))
+        .unwrap()
+}
+
+/// The healthy neighbour still answers.
+async fn healthy_still_works(m: &ServiceManager) {
+    assert_eq!(
+        call(m, "ok_echo", "still fine").await.unwrap(),
+        "still fine"
+    );
+}
+
+/// A hostile answer is a typed error, and the extension is restarted.
+async fn violation_then_restart(mode: &str, check: impl Fn(&CallError) -> bool) {
+    let dir = temp_dir();
+    let (m, report) = start(dir.path(), mode, RestartPolicy::OnFailure).await;
+    assert_eq!(report.ready.len(), 2, "{:?}", report.failed);
+    let err = call(&m, "h_call", "{}").await.unwrap_err();
+    assert!(check(&err), "{mode}: {err:?}");
+    healthy_still_works(&m).await;
+    let status = wait_until(&m, "hostile", |s| {
+        s.state == ServiceState::Ready && s.restarts >= 1
+    })
+    .await;
+    assert!(status.pid.is_some());
+    m.shutdown_all().await;
+}
+
+fn protocol(e: &CallError) -> bool {
+    matches!(e, CallError::Protocol { .. })
+}
+
+#[tokio::test]
+async fn undecodable_answer_is_a_protocol_error_and_the_extension_restarts() {
+    violation_then_restart("garbage", protocol).await;
+}
+
+#[tokio::test]
+async fn oversized_length_prefix_is_a_protocol_error_without_allocating_it() {
+    violation_then_restart("oversized", |e| {
+        protocol(e) && e.to_string().contains("exceeds the 16777216-byte limit")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_response_type_is_a_protocol_error() {
+    violation_then_restart("wrong_kind", |e| {
+        protocol(e)
+            && e.to_string()
+                .contains("`configured` response to a `tool_call` request")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn half_a_frame_then_close_makes_the_call_unavailable_and_restarts() {
+    violation_then_restart("half_frame", |e| {
+        matches!(
+            e,
+            CallError::Protocol { .. } | CallError::Unavailable { .. }
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_answers_to_one_request_never_reach_the_next_caller() {
+    let dir = temp_dir();
+    let (m, _) = start(dir.path(), "double", RestartPolicy::OnFailure).await;
+    assert_eq!(call(&m, "h_call", "first").await.unwrap(), "first");
+    // The second answer to "first" is unsolicited: the connection is reset
+    // rather than handing it to the next call.
+    match call(&m, "h_call", "second").await {
+        Ok(text) => assert_eq!(text, "second", "a caller got another call's answer"),
+        Err(e) => assert!(
+            matches!(
+                e,
+                CallError::Protocol { .. } | CallError::Unavailable { .. }
+            ),
+            "{e:?}"
+        ),
+    }
+    wait_until(&m, "hostile", |s| s.restarts >= 1).await;
+    healthy_still_works(&m).await;
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn an_extension_that_skips_one_answer_is_reset_as_stuck_and_recovers() {
+    let dir = temp_dir();
+    let (m, _) = start(dir.path(), "skip_one", RestartPolicy::OnFailure).await;
+    let err = call(&m, "h_call", "skipped").await.unwrap_err();
+    assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
+    // Later calls must never get a shifted answer: they wait behind the
+    // owed answer, time out, and the stuck connection is reset.
+    let status = wait_until(&m, "hostile", |s| s.restarts >= 1).await;
+    assert!(status.error.unwrap_or_default().contains("stuck"));
+    wait_until(&m, "hostile", |s| s.state == ServiceState::Ready).await;
+    healthy_still_works(&m).await;
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn an_extension_that_never_reads_cannot_hang_the_host() {
+    let dir = temp_dir();
+    let (m, _) = start(dir.path(), "no_read", RestartPolicy::Never).await;
+    // 1 MiB arguments: the socket buffer fills and writes stall.
+    let big = "x".repeat(1 << 20);
+    let calls: Vec<_> = (0..4).map(|_| call(&m, "h_call", &big)).collect();
+    for r in futures::future::join_all(calls).await {
+        let e = r.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CallError::Timeout { .. }
+                    | CallError::Unavailable { .. }
+                    | CallError::Protocol { .. }
+            ),
+            "{e:?}"
+        );
+    }
+    let status = wait_until(&m, "hostile", |s| s.state == ServiceState::Failed).await;
+    assert!(status.error.unwrap_or_default().contains("stuck"));
+    healthy_still_works(&m).await;
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_unsolicited_answers_resets_the_connection() {
+    let dir = temp_dir();
+    let (m, _) = start(dir.path(), "flood", RestartPolicy::Never).await;
+    let status = wait_until(&m, "hostile", |s| s.state == ServiceState::Failed).await;
+    assert!(status.error.unwrap_or_default().contains("unsolicited"));
+    assert!(matches!(
+        call(&m, "h_call", "{}").await,
+        Err(CallError::Unavailable { .. })
+    ));
+    healthy_still_works(&m).await;
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn exiting_during_the_handshake_is_reported_with_its_status() {
+    let dir = temp_dir();
+    let (m, report) = start(dir.path(), "exit_handshake", RestartPolicy::Never).await;
+    let (name, err) = &report.failed[0];
+    assert_eq!(name, "hostile");
+    assert!(
+        matches!(err, StartError::ExitedEarly { status, .. } if status.code() == Some(7)),
+        "{err:?}"
+    );
+    healthy_still_works(&m).await;
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn an_extension_that_binds_no_socket_times_out_and_is_marked_failed() {
+    let dir = temp_dir();
+    let (m, report) = start(dir.path(), "no_bind", RestartPolicy::Never).await;
+    assert!(
+        matches!(report.failed[0].1, StartError::Timeout { .. }),
+        "{:?}",
+        report.failed
+    );
+    wait_until(&m, "hostile", |s| s.state == ServiceState::Failed).await;
+    healthy_still_works(&m).await;
+    m.shutdown_all().await;
+}
