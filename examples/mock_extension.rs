@@ -77,9 +77,18 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Ok("impostor-helper") => {
             std::process::Command::new(std::env::current_exe()?)
                 .args(std::env::args_os().skip(1))
-                .env_remove("MOCK_MODE")
+                .env("MOCK_MODE", "impostor-server")
+                .env("MOCK_ORPHAN_OF", std::process::id().to_string())
                 .spawn()?;
             return Ok(());
+        }
+        Ok("impostor-server") => {
+            // Bind only once orphaned, so that the impostor is no
+            // descendant of the extension the host spawned.
+            let helper: u32 = std::env::var("MOCK_ORPHAN_OF")?.parse()?;
+            while std::os::unix::process::parent_id() == helper {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
         _ => {}
     }

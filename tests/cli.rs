@@ -345,7 +345,7 @@ async fn check_passes_the_mock_and_fails_broken_extensions() {
 
     let out = output(
         exthost()
-            .args(["check", "--timeout", "300ms", "--"])
+            .args(["check", "--timeout", "1s", "--"])
             .arg(mock_bin())
             .env("MOCK_MODE", "stubborn"),
     )

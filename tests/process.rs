@@ -142,7 +142,7 @@ async fn process_exiting_before_ready_reports_status_and_log_tail() {
 async fn hanging_extension_does_not_delay_the_others() {
     let dir = temp_dir();
     let connector = Connector::new(paths(dir.path()));
-    let hang = mock(&[("MOCK_MODE", "hang")]).with_handshake_timeout(Duration::from_millis(500));
+    let hang = mock(&[("MOCK_MODE", "hang")]).with_handshake_timeout(Duration::from_secs(3));
     let mut starts: FuturesUnordered<_> = [
         ("hang", hang),
         ("one", mock(&[("MOCK_SERVICE", "one")])),
