@@ -316,8 +316,44 @@ pub struct HostConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_socket: Option<PathBuf>,
     /// The services, by name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_services")]
     pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// Deserializes the services map, refusing a name given twice (JSON would
+/// otherwise keep the last silently).
+fn unique_services<'de, D>(de: D) -> Result<BTreeMap<String, ServiceConfig>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = BTreeMap<String, ServiceConfig>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a table of services")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut services = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if services.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format!(
+                        "service `{name}` is defined twice"
+                    )));
+                }
+                let config = map.next_value()?;
+                services.insert(name, config);
+            }
+            Ok(services)
+        }
+    }
+
+    de.deserialize_map(Visitor)
 }
 
 /// A configuration that cannot be used.

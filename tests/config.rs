@@ -137,3 +137,29 @@ fn the_readme_configuration_example_parses() {
     assert_eq!(cfg.services["bridge"].kind, ServiceKind::Gateway);
     assert_eq!(cfg.services["search"].max_in_flight(), 4);
 }
+
+#[test]
+fn a_service_defined_twice_is_refused() {
+    let err =
+        HostConfig::from_json_str(r#"{"services": {"a": {"crate": "x"}, "a": {"crate": "y"}}}"#)
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("service `a` is defined twice"),
+        "{err}"
+    );
+    // TOML refuses it in its own words.
+    let err =
+        HostConfig::from_toml_str("[services.a]\ncrate = \"x\"\n[services.a]\ncrate = \"y\"\n")
+            .unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+}
+
+#[test]
+fn broken_json_says_where() {
+    let err =
+        HostConfig::from_json_str(r#"{"services": {"a": {"crate": "x", "config": {"k": }}}}"#)
+            .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("services.a.config"), "{text}");
+    assert!(text.contains("column"), "{text}");
+}

@@ -383,3 +383,68 @@ async fn gateway_is_spawned_with_daemon_and_config_and_the_environment() {
         .await;
     assert!(matches!(outcome, StopOutcome::Terminated(_)), "{outcome:?}");
 }
+
+#[tokio::test]
+async fn unusable_folders_are_errors_naming_them_and_others_still_start() {
+    let dir = temp_dir();
+    // A file where the folders should be: nothing can be created below it.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "").unwrap();
+    let bad_services = Paths {
+        services_dir: blocker.join("services"),
+        logs_dir: dir.path().join("logs"),
+        daemon_socket: dir.path().join("d.sock"),
+    };
+    let err = Connector::new(bad_services)
+        .start(Target::new("svc", mock(&[])))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StartError::Io { what, .. } if *what == "create the services folder"),
+        "{err:?}"
+    );
+    let bad_logs = Paths {
+        services_dir: dir.path().join("services"),
+        logs_dir: blocker.join("logs"),
+        daemon_socket: dir.path().join("d.sock"),
+    };
+    let err = Connector::new(bad_logs)
+        .start(Target::new("svc", mock(&[])))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StartError::Io { what, .. } if *what == "create the logs folder"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("service `svc`"), "{err}");
+
+    // The same failure for one service leaves another unaffected.
+    let good = Connector::new(paths(dir.path()))
+        .start(Target::new("good", mock(&[])))
+        .await
+        .unwrap();
+    stop(&good, WAIT).await;
+}
+
+#[tokio::test]
+async fn a_socket_owned_by_another_user_is_not_replaced() {
+    if !nix::unistd::geteuid().is_root() {
+        // Making a file owned by someone else needs root.
+        return;
+    }
+    let dir = temp_dir();
+    let p = paths(dir.path());
+    exthost::process::prepare_private_dir(&p.services_dir).unwrap();
+    let socket = p.socket("svc");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    nix::unistd::chown(&socket, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let err = Connector::new(p)
+        .start(Target::new("svc", mock(&[])))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("owned by uid 65534, not by us"),
+        "{err}"
+    );
+    assert!(socket.exists(), "the foreign socket was removed");
+}

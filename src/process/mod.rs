@@ -459,6 +459,18 @@ impl Drop for KillGroupOnDrop {
 fn remove_stale_socket(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
+        Ok(meta)
+            if meta.file_type().is_socket() && meta.uid() != nix::unistd::geteuid().as_raw() =>
+        {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is a socket owned by uid {}, not by us; refusing to replace it",
+                    path.display(),
+                    meta.uid()
+                ),
+            ))
+        }
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
