@@ -302,3 +302,22 @@ fn oneof_numbers_match_the_wire_table() {
         assert!(check(&r), "{bytes:?} decoded as {r:?}");
     }
 }
+
+#[test]
+fn a_payload_arriving_in_pieces_is_never_read_as_a_length_prefix() {
+    // Regression: the codec once re-checked the first bytes of a payload
+    // that arrived after its header as if they were a new length prefix.
+    let mut frame = BytesMut::new();
+    ServerCodec::new()
+        .encode(ExtResponse::tool_result("x".repeat(40)), &mut frame)
+        .unwrap();
+    let mut dec = ClientCodec::with_max_frame_len(64);
+    let mut buf = BytesMut::from(&frame[..4]);
+    assert!(dec.decode(&mut buf).unwrap().is_none());
+    // The payload starts with bytes that, read as a length, exceed 64.
+    buf.extend_from_slice(&frame[4..10]);
+    assert!(dec.decode(&mut buf).unwrap().is_none());
+    buf.extend_from_slice(&frame[10..]);
+    let got = dec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(got, ExtResponse::tool_result("x".repeat(40)));
+}
