@@ -6,6 +6,19 @@
 //! keeps it; the other's is left out, logged as a warning, and listed in
 //! [`Conflict`]s. Tool names outside `^[a-zA-Z0-9_-]{1,64}$` (the limit of
 //! common LLM APIs) are warned about.
+//!
+//! The registry of a running set of extensions is read through
+//! [`ServiceManager::tools`](crate::manager::ServiceManager::tools) and
+//! [`ServiceManager::conflicts`](crate::manager::ServiceManager::conflicts).
+//!
+//! # Example
+//!
+//! ```
+//! use exthost::registry::is_portable_tool_name;
+//!
+//! assert!(is_portable_tool_name("get_weather"));
+//! assert!(!is_portable_tool_name("weather.get")); // most LLM APIs refuse dots
+//! ```
 
 use std::collections::HashMap;
 use std::sync::Arc;

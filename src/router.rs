@@ -14,6 +14,26 @@
 //!
 //! Get a router from [`ServiceManager::router`](crate::manager::ServiceManager::router);
 //! wrap it in any tower layers.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use exthost::manager::ServiceManager;
+//! use exthost::router::ToolCall;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # async fn demo(manager: ServiceManager) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // An overall deadline and a global concurrency cap around the router.
+//! let svc = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(60))
+//!     .concurrency_limit(64)
+//!     .service(manager.router());
+//! let call = ToolCall::new("search", r#"{"q":"tower"}"#).agent("planner").task_id(Some(7));
+//! let answer = svc.oneshot(call).await?;
+//! println!("{answer}");
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
 use std::future::Future;

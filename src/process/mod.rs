@@ -16,6 +16,21 @@
 //!
 //! The [`connector`](crate::connector) builds on this to wait for the socket,
 //! check the peer and run the handshake.
+//!
+//! # Example
+//!
+//! ```
+//! use exthost::process::{check_socket_path, Paths, MAX_SOCKET_PATH};
+//!
+//! let paths = Paths::under("/var/lib/agent", "/run/agent.sock");
+//! assert_eq!(paths.socket("search"), std::path::Path::new("/var/lib/agent/services/search.sock"));
+//! assert_eq!(paths.log("search"), std::path::Path::new("/var/lib/agent/logs/search.log"));
+//! assert!(check_socket_path(&paths.socket("search")).is_ok());
+//!
+//! let deep = Paths::under("/tmp/".to_owned() + &"d".repeat(MAX_SOCKET_PATH), "/run/a.sock");
+//! let err = check_socket_path(&deep.socket("search")).unwrap_err();
+//! assert!(err.to_string().contains("over the OS limit of 107"));
+//! ```
 
 mod peer;
 mod sys;
