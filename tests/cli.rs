@@ -164,6 +164,12 @@ async fn call_exit_codes_tell_the_kind_of_outcome() {
     let out = output(exthost().args(["call", "--config", "/nonexistent.toml", "x"])).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot read /nonexistent.toml"));
+
+    // Usage errors are 1 too, never 2 (which means "unknown tool").
+    let out = output(exthost().args(["call", "--config"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = output(exthost().args(["call", "--help"])).await;
+    assert_eq!(out.status.code(), Some(0));
 }
 
 /// A running `exthost run` with its pipes.
