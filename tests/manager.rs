@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{alive, mock_bin, temp_dir};
+use common::{alive, gone_within, mock_bin, temp_dir};
 use exthost::config::{RestartPolicy, ServiceConfig};
 use exthost::manager::{RestartLimits, ServiceManager, ServiceState};
 use exthost::process::Paths;
@@ -316,4 +316,37 @@ async fn dispatch_tool_keeps_the_reference_string_forms() {
         .unwrap();
     assert!(text.starts_with("service unavailable: beta ("), "{text}");
     m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn starting_twice_starts_nothing_more() {
+    let dir = temp_dir();
+    let m = manager(dir.path(), vec![("alpha", mock("a_"))]);
+    assert_eq!(m.start().await.ready, ["alpha"]);
+    let pid = m.status("alpha").unwrap().pid;
+    let again = m.start().await;
+    assert!(again.ready.is_empty() && again.failed.is_empty());
+    assert_eq!(m.status("alpha").unwrap().pid, pid);
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn dropping_the_manager_kills_its_extensions() {
+    let dir = temp_dir();
+    let m = manager(dir.path(), vec![("alpha", mock("a_"))]);
+    m.start().await;
+    let router = m.router();
+    let pid = m.status("alpha").unwrap().pid.unwrap();
+    let socket = dir.path().join("services/alpha.sock");
+    assert!(socket.exists());
+    drop(m);
+    assert!(
+        gone_within(pid, WAIT).await,
+        "extension {pid} outlived its manager"
+    );
+    assert!(!socket.exists());
+    assert!(matches!(
+        router.oneshot(ToolCall::new("a_echo", "{}")).await,
+        Err(CallError::Unavailable { .. })
+    ));
 }

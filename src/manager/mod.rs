@@ -62,6 +62,7 @@ pub(crate) use slot::Slot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -89,6 +90,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     supervisors: Mutex<JoinSet<()>>,
     spawned: Mutex<Vec<SpawnedSlot>>,
+    /// Set by the first `spawn_all`: a manager starts its services once.
+    begun: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -162,10 +165,37 @@ pub struct StartReport {
 
 /// Starts, routes to, supervises and stops a set of extension services.
 ///
-/// Cheap to clone; clones share the services.
+/// Cheap to clone; clones share the services. A manager starts its
+/// services once: calling [`start`](Self::start) (or
+/// [`spawn_all`](Self::spawn_all)) again, or after
+/// [`shutdown_all`](Self::shutdown_all), does nothing.
+///
+/// Dropping the last clone kills every extension at once (SIGKILL to each
+/// process group) and removes their sockets; call
+/// [`shutdown_all`](Self::shutdown_all) first for a graceful stop. Routers
+/// outliving the manager then answer `unavailable`.
 #[derive(Debug, Clone)]
 pub struct ServiceManager {
     shared: Arc<Shared>,
+    _kill_on_drop: Arc<KillOnDrop>,
+}
+
+/// Kills every extension when the last [`ServiceManager`] clone goes.
+#[derive(Debug)]
+struct KillOnDrop(Arc<Shared>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown.cancel();
+        for slot in self.0.slots.values() {
+            if let Some(started) = slot.take() {
+                let _ = started.process.signal(nix::sys::signal::Signal::SIGKILL);
+                if let Some(socket) = started.process.socket() {
+                    let _ = std::fs::remove_file(socket);
+                }
+            }
+        }
+    }
 }
 
 impl ServiceManager {
@@ -196,22 +226,29 @@ impl ServiceManager {
             .filter(|(_, c)| c.enabled)
             .map(|(name, c)| (name.clone(), Arc::new(Slot::new(name.clone(), c.clone()))))
             .collect();
+        let shared = Arc::new(Shared {
+            connector: Connector::new(paths),
+            slots,
+            table: RwLock::new(Arc::new(Table::default())),
+            limits,
+            shutdown: CancellationToken::new(),
+            supervisors: Mutex::new(JoinSet::new()),
+            spawned: Mutex::new(Vec::new()),
+            begun: AtomicBool::new(false),
+        });
         ServiceManager {
-            shared: Arc::new(Shared {
-                connector: Connector::new(paths),
-                slots,
-                table: RwLock::new(Arc::new(Table::default())),
-                limits,
-                shutdown: CancellationToken::new(),
-                supervisors: Mutex::new(JoinSet::new()),
-                spawned: Mutex::new(Vec::new()),
-            }),
+            _kill_on_drop: Arc::new(KillOnDrop(shared.clone())),
+            shared,
         }
     }
 
     /// Spawns every enabled service's process. Failures are kept and
     /// reported by [`handshake_all`](Self::handshake_all).
     pub fn spawn_all(&self) {
+        if self.shared.begun.swap(true, Ordering::SeqCst) || self.shared.shutdown.is_cancelled() {
+            tracing::warn!("spawn_all: this manager has already started its services");
+            return;
+        }
         let mut spawned = self.shared.spawned.lock().expect("lock poisoned");
         for slot in self.shared.slots.values() {
             let target = Target::new(slot.name.clone(), slot.config.clone());
