@@ -56,6 +56,8 @@ struct Tally {
     misrouted: AtomicU64,
     crashes: AtomicU64,
     kills: AtomicU64,
+    /// The longest any call took, in microseconds.
+    slowest_us: AtomicU64,
 }
 
 fn open_fds() -> usize {
@@ -132,6 +134,9 @@ async fn caller(m: ServiceManager, id: usize, until: Instant, tally: Arc<Tally>)
             "a call took {took:?}, past its {CALL_TIMEOUT:?} deadline"
         );
         tally.calls.fetch_add(1, Ordering::Relaxed);
+        tally
+            .slowest_us
+            .fetch_max(took.as_micros() as u64, Ordering::Relaxed);
         let counter = match &result {
             Ok(got) if *got == expect => &tally.ok,
             Ok(_) => &tally.misrouted,
@@ -225,7 +230,8 @@ async fn soak(duration: Duration) {
     let t = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
         "soak {duration:?}: calls {}, ok {}, timeouts {}, unavailable {}, other errors {}, \
-         faults: {} crash calls + {} SIGKILLs, restarts {restarts}, misrouted {}, lost 0",
+         faults: {} crash calls + {} SIGKILLs, restarts {restarts}, misrouted {}, lost 0, \
+         slowest call {:?} (deadline {CALL_TIMEOUT:?})",
         t(&tally.calls),
         t(&tally.ok),
         t(&tally.timeout),
@@ -234,6 +240,7 @@ async fn soak(duration: Duration) {
         t(&tally.crashes),
         t(&tally.kills),
         t(&tally.misrouted),
+        Duration::from_micros(t(&tally.slowest_us)),
     );
     assert_eq!(t(&tally.misrouted), 0);
     assert!(t(&tally.ok) > 0);
