@@ -98,10 +98,16 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::from(e.use_stderr()));
         }
     };
+    // `run` shows status changes by default; the one-shot commands only
+    // warnings. RUST_LOG overrides both.
+    let default_filter = match cli.command {
+        Command::Run { .. } => "exthost=info",
+        _ => "exthost=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "exthost=warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
