@@ -471,7 +471,9 @@ impl Drop for KillGroupOnDrop {
     }
 }
 
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
+/// Removes a stale socket of ours at `path`; a socket of another user, or
+/// any other kind of file, is an error and stays.
+pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
         Ok(meta)
