@@ -350,3 +350,32 @@ async fn dropping_the_manager_kills_its_extensions() {
         Err(CallError::Unavailable { .. })
     ));
 }
+
+#[tokio::test]
+async fn gateways_are_supervised_but_not_handshaken() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir();
+    // A gateway that runs a while, then fails; its runs are counted.
+    let runs = dir.path().join("runs");
+    let script = dir.path().join("gateway.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho run >> {}\nsleep 0.2\nexit 1\n",
+            runs.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut gateway = ServiceConfig::command(&script).with_restart(RestartPolicy::OnFailure);
+    gateway.kind = exthost::config::ServiceKind::Gateway;
+    let m = manager(dir.path(), vec![("gw", gateway), ("alpha", mock("a_"))]);
+    let report = m.start().await;
+    assert_eq!(report.ready, ["alpha", "gw"]);
+    assert!(m.tools().iter().all(|t| t.service == "alpha"));
+    let down = wait_until(&m, "gw", |s| s.state == ServiceState::Restarting).await;
+    assert!(down.error.unwrap().contains("exit status: 1"));
+    wait_until(&m, "gw", |s| s.restarts >= 2).await;
+    assert!(std::fs::read_to_string(&runs).unwrap().lines().count() >= 2);
+    m.shutdown_all().await;
+}
