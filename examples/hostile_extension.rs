@@ -6,7 +6,8 @@
 //! - `garbage`: answers a tool call with an undecodable frame;
 //! - `oversized`: answers with a 64 MiB length prefix;
 //! - `wrong_kind`: answers with a `configured` response;
-//! - `double`: answers every tool call twice;
+//! - `double`: answers every tool call twice (both answers carrying the
+//!   call's correlation id);
 //! - `half_frame`: writes half a frame, then closes and exits 1;
 //! - `skip_one`: never answers the first tool call, answers later ones (an
 //!   old extension: no correlation ids);
@@ -82,9 +83,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                     "wrong_kind" => ExtResponse::configured(),
                     "double" => {
-                        framed
-                            .send(ExtResponse::tool_result(call.args.clone()))
-                            .await?;
+                        let mut first = ExtResponse::tool_result(call.args.clone());
+                        first.correlation_id = id;
+                        framed.send(first).await?;
                         ExtResponse::tool_result(call.args)
                     }
                     "half_frame" => {
@@ -103,7 +104,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             _ => ExtResponse::error("unsupported"),
         };
-        if !matches!(mode.as_str(), "skip_one" | "double") {
+        // `skip_one` plays an old extension that knows no correlation ids.
+        if mode != "skip_one" {
             resp.correlation_id = resp.correlation_id.or(id);
         }
         framed.send(resp).await?;

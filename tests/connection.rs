@@ -336,3 +336,25 @@ async fn a_skipped_answer_is_caught_by_its_correlation_id_when_pipelining() {
         assert!(err.is_protocol_violation());
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_extension_that_echoed_ids_must_keep_sending_them() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::new(io);
+    let a = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("a", "")));
+    let ra = recv(&mut ext).await;
+    let mut resp = ExtResponse::tool_result("a");
+    resp.correlation_id = ra.correlation_id;
+    ext.send(resp).await.unwrap();
+    assert_eq!(a.await.unwrap().unwrap(), ExtResponse::tool_result("a"));
+
+    let b = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("b", "")));
+    recv(&mut ext).await;
+    // An answer without an id could be a stray: it is refused.
+    ext.send(ExtResponse::tool_result("b?")).await.unwrap();
+    let err = b.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, ConnectionError::Mismatched { got: None, .. }),
+        "{err:?}"
+    );
+}

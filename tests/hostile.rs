@@ -27,8 +27,10 @@ async fn start(
     let hostile = ServiceConfig::command(hostile_bin())
         .with_env("HOSTILE_MODE", mode)
         .with_restart(restart)
-        .with_call_timeout(Duration::from_millis(300))
-        .with_stuck_margin(Duration::from_millis(300))
+        // Long enough that a loaded machine answers a hostile reply before
+        // it; skipped answers still reset the connection within 2.5 s.
+        .with_call_timeout(Duration::from_secs(2))
+        .with_stuck_margin(Duration::from_millis(500))
         .with_handshake_timeout(Duration::from_secs(2))
         .with_shutdown_grace(Duration::from_millis(500));
     let healthy = ServiceConfig::command(mock_bin()).with_env("MOCK_PREFIX", "ok_");

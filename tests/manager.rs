@@ -286,7 +286,7 @@ async fn many_extensions_start_concurrently_and_all_stop() {
 #[tokio::test]
 async fn dispatch_tool_keeps_the_reference_string_forms() {
     let dir = temp_dir();
-    let cfg = mock("a_").with_call_timeout(Duration::from_millis(200));
+    let cfg = mock("a_").with_call_timeout(Duration::from_secs(1));
     let m = manager(dir.path(), vec![("alpha", cfg), ("beta", mock("b_"))]);
     m.start().await;
     assert_eq!(m.dispatch_tool("nope", "{}", "agent", None).await, None);
@@ -303,7 +303,7 @@ async fn dispatch_tool_keeps_the_reference_string_forms() {
         Some("service error: a_fail failed as requested")
     );
     assert_eq!(
-        m.dispatch_tool("a_sleep", r#"{"ms": 1000}"#, "agent", None)
+        m.dispatch_tool("a_sleep", r#"{"ms": 3000}"#, "agent", None)
             .await
             .as_deref(),
         Some("service timeout: alpha")

@@ -36,16 +36,15 @@ pub enum ConnectionError {
         /// The kind of the response that arrived.
         response: &'static str,
     },
-    /// An answer carried the correlation id of another request: the
-    /// extension skipped, repeated or reordered answers.
-    #[error(
-        "protocol violation: answer for request #{got} arrived where request #{expected} was due"
-    )]
+    /// An answer carried the correlation id of another request (the
+    /// extension skipped, repeated or reordered answers), or none at all
+    /// from an extension that had been echoing ids.
+    #[error("protocol violation: {} arrived where the answer to request #{expected} was due", describe(*.got))]
     Mismatched {
         /// The correlation id of the request due.
         expected: u64,
-        /// The correlation id the answer carried.
-        got: u64,
+        /// The correlation id the answer carried, if any.
+        got: Option<u64>,
     },
     /// The oldest request went unanswered long past its deadline.
     ///
@@ -58,6 +57,13 @@ pub enum ConnectionError {
         /// How long it had waited.
         waited: Duration,
     },
+}
+
+fn describe(got: Option<u64>) -> String {
+    match got {
+        Some(id) => format!("the answer to request #{id}"),
+        None => "an answer without a correlation id".to_owned(),
+    }
 }
 
 impl ConnectionError {

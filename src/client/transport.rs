@@ -59,6 +59,9 @@ pub(crate) struct Transport {
     timer: Option<Pin<Box<Sleep>>>,
     /// The correlation id of the next request.
     next_id: u64,
+    /// Whether the extension has echoed a correlation id: from then on,
+    /// every answer must carry one.
+    echoes_ids: bool,
 }
 
 impl fmt::Debug for Transport {
@@ -84,6 +87,7 @@ impl Transport {
             stuck_after,
             timer: None,
             next_id: 1,
+            echoes_ids: false,
         }
     }
 
@@ -224,14 +228,24 @@ impl Stream for Transport {
             return Poll::Ready(Some(Err(this.fail(e))));
         };
         // The id is the connection's business: verified here, not passed on.
-        if let Some(got) = resp.correlation_id.take() {
-            if got != slot.id {
+        match resp.correlation_id.take() {
+            Some(got) if got != slot.id => {
                 let e = ConnectionError::Mismatched {
                     expected: slot.id,
-                    got,
+                    got: Some(got),
                 };
                 return Poll::Ready(Some(Err(this.fail(e))));
             }
+            Some(_) => this.echoes_ids = true,
+            // An extension that knows ids must send them every time.
+            None if this.echoes_ids => {
+                let e = ConnectionError::Mismatched {
+                    expected: slot.id,
+                    got: None,
+                };
+                return Poll::Ready(Some(Err(this.fail(e))));
+            }
+            None => {}
         }
         if !answers(slot.kind, &resp) {
             let e = ConnectionError::WrongResponse {
