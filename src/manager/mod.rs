@@ -423,6 +423,9 @@ impl ServiceManager {
     /// Stops supervising and shuts every service down gracefully, all in
     /// parallel: `shutdown`, then SIGTERM, then SIGKILL, each after the
     /// service's grace period. Returns how each ended.
+    ///
+    /// A restart in progress is finished (at most its handshake timeout)
+    /// and then stopped the same way.
     pub async fn shutdown_all(&self) -> BTreeMap<String, StopOutcome> {
         self.shared.shutdown.cancel();
         let mut supervisors =

@@ -191,9 +191,15 @@ pub(crate) async fn supervise(shared: Arc<Shared>, slot: Arc<Slot>, first: Optio
         slot.set_status(|s| s.restarts += 1);
         let generation = slot.next_generation();
         let target = Target::new(slot.name.clone(), slot.config.clone());
-        // Not cancelled by shutdown: a start that completes is installed, so
-        // that `shutdown_all`, which waits for this task, stops it.
+        // A start is not cancelled half-way (that would orphan its process);
+        // if shutdown began meanwhile, the new incarnation is stopped here,
+        // and `shutdown_all` waits for this task.
         match shared.connector.start(target).await {
+            Ok(started) if shared.shutdown.is_cancelled() => {
+                let svc = started.extension.map(|e| e.service);
+                started.process.stop(svc, slot.config.shutdown_grace()).await;
+                return;
+            }
             Ok(started) => shared.install(&slot, generation, started),
             Err(e) => down = Some(Down::StartFailed(e.to_string())),
         }
