@@ -197,7 +197,10 @@ pub(crate) async fn supervise(shared: Arc<Shared>, slot: Arc<Slot>, first: Optio
         match shared.connector.start(target).await {
             Ok(started) if shared.shutdown.is_cancelled() => {
                 let svc = started.extension.map(|e| e.service);
-                started.process.stop(svc, slot.config.shutdown_grace()).await;
+                started
+                    .process
+                    .stop(svc, slot.config.shutdown_grace())
+                    .await;
                 return;
             }
             Ok(started) => shared.install(&slot, generation, started),
