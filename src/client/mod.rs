@@ -21,7 +21,9 @@
 //!
 //! `Connection` is cheap to clone; clones share the socket and may be used
 //! from many tasks at once. No task sits between callers and the
-//! connection's single worker task.
+//! connection's single worker task. It implements tower's `Load` (answers
+//! owed), and since a broken connection fails `poll_ready`,
+//! `tower::reconnect::Reconnect` replaces it transparently.
 //!
 //! # Example
 //!
@@ -230,6 +232,17 @@ impl Connection {
 
     fn error(&self) -> ConnectionError {
         self.failure().cloned().unwrap_or(ConnectionError::Closed)
+    }
+}
+
+/// The load of a connection is the number of answers it is owed, so that
+/// tower's load balancers (`tower::balance::p2c`) can spread calls over
+/// connections to several replicas of an extension.
+impl tower::load::Load for Connection {
+    type Metric = usize;
+
+    fn load(&self) -> usize {
+        self.in_flight()
     }
 }
 
