@@ -16,7 +16,7 @@ pin_project! {
         #[pin]
         inner: F,
         span: Span,
-        // Only read when the span is enabled.
+        // Set only when the span is enabled.
         start: Option<Instant>,
     }
 }
@@ -38,29 +38,26 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let span: &Span = this.span;
+        let Some(start) = this.start else {
+            // The span is disabled: no enter, no clock, no event.
+            return this.inner.poll(cx);
+        };
         let result = {
             let _entered = span.enter();
             ready!(this.inner.poll(cx))
         };
-        if let Some(start) = this.start {
-            let latency_us = start.elapsed().as_micros() as u64;
-            match &result {
-                Ok(resp) => match resp.error_message() {
-                    None => tracing::debug!(parent: span, latency_us, outcome = "ok"),
-                    Some(message) => tracing::debug!(
-                        parent: span,
-                        latency_us,
-                        outcome = "extension_error",
-                        message
-                    ),
-                },
-                Err(error) => tracing::debug!(
+        let latency_us = start.elapsed().as_micros() as u64;
+        match &result {
+            Ok(resp) => match resp.error_message() {
+                None => tracing::debug!(parent: span, latency_us, outcome = "ok"),
+                Some(message) => tracing::debug!(
                     parent: span,
                     latency_us,
-                    outcome = "failed",
-                    %error
+                    outcome = "extension_error",
+                    message
                 ),
-            }
+            },
+            Err(error) => tracing::debug!(parent: span, latency_us, outcome = "failed", %error),
         }
         Poll::Ready(result)
     }

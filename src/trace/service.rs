@@ -74,7 +74,11 @@ where
                 }
             }
         }
-        let inner = {
+        // Entering even a disabled span costs a check per enter and exit
+        // when tracing's `log` feature is on (tower turns it on): skip it.
+        let inner = if span.is_disabled() {
+            self.inner.call(req)
+        } else {
             let _entered = span.enter();
             self.inner.call(req)
         };
