@@ -208,31 +208,30 @@ async fn incompatible_version_names_both_versions() {
     );
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn unparseable_schema_bytes_name_the_tool() {
-    let err = run(|mut ext| async move {
+/// Plays an extension that declares `declared` and sends `schemas`.
+async fn declares(
+    declared: &'static [&'static str],
+    schemas: Vec<ToolDef>,
+) -> Result<exthost::handshake::ExtensionInfo, HandshakeError> {
+    run(move |mut ext| async move {
         expect(&mut ext, RequestKind::Hello).await;
-        ext.send(ExtResponse::ready(
-            PROTOCOL_VERSION,
-            "svc",
-            vec![Capability::tools(["ok", "broken"])],
-        ))
-        .await
-        .unwrap();
+        let caps = vec![Capability::tools(declared.iter().copied())];
+        ext.send(ExtResponse::ready(PROTOCOL_VERSION, "svc", caps))
+            .await
+            .unwrap();
         expect(&mut ext, RequestKind::Configure).await;
         ext.send(ExtResponse::configured()).await.unwrap();
         expect(&mut ext, RequestKind::RegisterTools).await;
-        ext.send(ExtResponse::tool_schemas(vec![
-            def("ok", b"{}"),
-            def("broken", b"{not json"),
-        ]))
-        .await
-        .unwrap();
+        ext.send(ExtResponse::tool_schemas(schemas)).await.unwrap();
         ext
     })
     .await
-    .unwrap_err();
-    match err {
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unparseable_schema_bytes_name_the_tool() {
+    let schemas = vec![def("ok", b"{}"), def("broken", b"{not json")];
+    match declares(&["ok", "broken"], schemas).await.unwrap_err() {
         HandshakeError::BadSchema(bad) => assert_eq!(bad.tool, "broken"),
         other => panic!("{other:?}"),
     }
@@ -240,28 +239,8 @@ async fn unparseable_schema_bytes_name_the_tool() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn capabilities_and_schemas_that_disagree_are_reported() {
-    let info = run(|mut ext| async move {
-        expect(&mut ext, RequestKind::Hello).await;
-        ext.send(ExtResponse::ready(
-            PROTOCOL_VERSION,
-            "svc",
-            vec![Capability::tools(["a", "ghost"])],
-        ))
-        .await
-        .unwrap();
-        expect(&mut ext, RequestKind::Configure).await;
-        ext.send(ExtResponse::configured()).await.unwrap();
-        expect(&mut ext, RequestKind::RegisterTools).await;
-        ext.send(ExtResponse::tool_schemas(vec![
-            def("a", b"{}"),
-            def("extra", b"{}"),
-        ]))
-        .await
-        .unwrap();
-        ext
-    })
-    .await
-    .unwrap();
+    let schemas = vec![def("a", b"{}"), def("extra", b"{}")];
+    let info = declares(&["a", "ghost"], schemas).await.unwrap();
     assert_eq!(
         info.mismatches,
         vec![
