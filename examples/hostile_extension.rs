@@ -14,7 +14,9 @@
 //! - `no_read`: after the handshake, never reads again;
 //! - `flood`: after the handshake, sends unsolicited answers without end;
 //! - `exit_handshake`: exits with status 7 when it receives `hello`;
-//! - `no_bind`: never binds its socket.
+//! - `no_bind`: never binds its socket;
+//! - `no_ids`: behaves, but never echoes correlation ids (an extension
+//!   written before they existed).
 //!
 //! Any other mode (or none) answers tool calls by echoing their arguments.
 
@@ -25,6 +27,12 @@ use exthost::Tool;
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Framed;
+
+/// `skip_one` and `no_ids` play old extensions that know no correlation
+/// ids; the others echo them, as `exthost::server` does.
+fn echoes_ids(mode: &str) -> bool {
+    mode != "skip_one" && mode != "no_ids"
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -55,7 +63,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(Msg::RegisterTools(_)) => {
                 let tool = Tool::new("h_call", "Misbehaves", serde_json::json!({}));
                 let mut resp = ExtResponse::tool_schemas(vec![tool.to_def()]);
-                resp.correlation_id = id;
+                if echoes_ids(&mode) {
+                    resp.correlation_id = id;
+                }
                 framed.send(resp).await?;
                 if mode == "flood" {
                     loop {
@@ -67,7 +77,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 continue;
             }
-            Some(Msg::Shutdown(_)) => return Ok(()),
+            Some(Msg::Shutdown(_)) => {
+                let _ = std::fs::remove_file(&args.socket);
+                return Ok(());
+            }
+            Some(Msg::GetSchema(_)) => ExtResponse::schema_result("{}"),
+            Some(Msg::ToolCall(call)) if call.name != "h_call" => {
+                ExtResponse::error(format!("unknown tool: {}", call.name))
+            }
             Some(Msg::ToolCall(call)) => {
                 calls += 1;
                 let raw = framed.get_mut();
@@ -94,18 +111,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         std::process::exit(1);
                     }
                     "skip_one" if calls == 1 => continue,
-                    "skip_one" => ExtResponse::tool_result(call.args),
-                    _ => {
-                        let mut resp = ExtResponse::tool_result(call.args);
-                        resp.correlation_id = id;
-                        resp
-                    }
+                    _ => ExtResponse::tool_result(call.args),
                 }
             }
             _ => ExtResponse::error("unsupported"),
         };
-        // `skip_one` plays an old extension that knows no correlation ids.
-        if mode != "skip_one" {
+        if echoes_ids(&mode) {
             resp.correlation_id = resp.correlation_id.or(id);
         }
         framed.send(resp).await?;

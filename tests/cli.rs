@@ -335,7 +335,7 @@ async fn check_passes_the_mock_and_fails_broken_extensions() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("PASS unknown_tool\n"), "{text}");
-    assert!(text.ends_with("12/12 checks passed\n"), "{text}");
+    assert!(text.ends_with("13/13 checks passed\n"), "{text}");
 
     let out = output(
         exthost()
@@ -347,7 +347,7 @@ async fn check_passes_the_mock_and_fails_broken_extensions() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(text.starts_with("FAIL socket: "), "{text}");
-    assert!(text.ends_with("0/12 checks passed\n"), "{text}");
+    assert!(text.ends_with("0/13 checks passed\n"), "{text}");
 
     let out = output(
         exthost()
@@ -359,5 +359,21 @@ async fn check_passes_the_mock_and_fails_broken_extensions() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(text.contains("FAIL shutdown: still running"), "{text}");
-    assert!(text.ends_with("11/12 checks passed\n"), "{text}");
+    assert!(text.ends_with("12/13 checks passed\n"), "{text}");
+
+    let out = output(
+        exthost()
+            .arg("check")
+            .arg("--")
+            .arg(common::hostile_bin())
+            .env("HOSTILE_MODE", "no_ids"),
+    )
+    .await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text.contains("FAIL correlation_ids: answers carry no correlation_id"),
+        "{text}"
+    );
+    assert!(text.ends_with("12/13 checks passed\n"), "{text}");
 }

@@ -60,7 +60,7 @@
 //! [`poll_ready`]: tower::Service::poll_ready
 
 mod error;
-mod failure;
+mod status;
 mod transport;
 
 pub use error::ConnectionError;
@@ -78,7 +78,7 @@ use tower::Service;
 
 use crate::codec::ClientCodec;
 use crate::proto::{ExtRequest, ExtResponse};
-use failure::Failure;
+use status::Status;
 use transport::{Tagged, Transport};
 
 type Pipeline = tokio_tower::pipeline::Client<Transport, WorkerError, Tagged>;
@@ -107,7 +107,7 @@ struct Shared {
     client: tokio::sync::Mutex<Pipeline>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
-    failure: Arc<Failure>,
+    failure: Arc<Status>,
 }
 
 impl fmt::Debug for Connection {
@@ -172,7 +172,7 @@ impl Builder {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let failure = Arc::new(Failure::default());
+        let failure = Arc::new(Status::default());
         let transport = Transport::new(
             Box::new(io),
             ClientCodec::with_max_frame_len(self.max_frame_len),
@@ -217,6 +217,13 @@ impl Connection {
     /// making a call.
     pub async fn broken(&self) -> ConnectionError {
         self.shared.failure.wait().await
+    }
+
+    /// Whether the extension has answered with a correlation id, so that
+    /// every answer on this connection is checked against its request (see
+    /// [`crate::proto`]).
+    pub fn echoes_correlation_ids(&self) -> bool {
+        self.shared.failure.echoes_ids()
     }
 
     /// Whether the connection has failed; every call on it now fails.

@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::Framed;
 
-use super::failure::Failure;
+use super::status::Status;
 use super::ConnectionError;
 use crate::codec::ClientCodec;
 use crate::proto::{ext_response::Msg, ExtRequest, ExtResponse, RequestKind};
@@ -54,7 +54,7 @@ struct Slot {
 pub(crate) struct Transport {
     framed: Framed<Box<dyn Io>, ClientCodec>,
     pending: VecDeque<Slot>,
-    failure: Arc<Failure>,
+    failure: Arc<Status>,
     stuck_after: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
     /// The correlation id of the next request.
@@ -77,7 +77,7 @@ impl Transport {
     pub(crate) fn new(
         io: Box<dyn Io>,
         codec: ClientCodec,
-        failure: Arc<Failure>,
+        failure: Arc<Status>,
         stuck_after: Option<Duration>,
     ) -> Self {
         Transport {
@@ -236,7 +236,11 @@ impl Stream for Transport {
                 };
                 return Poll::Ready(Some(Err(this.fail(e))));
             }
-            Some(_) => this.echoes_ids = true,
+            Some(_) if !this.echoes_ids => {
+                this.echoes_ids = true;
+                this.failure.set_echoes_ids();
+            }
+            Some(_) => {}
             // An extension that knows ids must send them every time.
             None if this.echoes_ids => {
                 let e = ConnectionError::Mismatched {

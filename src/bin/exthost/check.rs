@@ -27,6 +27,7 @@ const CHECKS: &[&str] = &[
     "get_schema",
     "query",
     "unknown_tool",
+    "correlation_ids",
     "shutdown",
 ];
 
@@ -292,6 +293,19 @@ async fn run_checks(
         Ok(Ok(r)) => Err(format!("answered `{}` instead of an error", r.kind_name())),
     };
     report.record("unknown_tool", unknown);
+
+    report.record(
+        "correlation_ids",
+        if conn.echoes_correlation_ids() {
+            Ok(())
+        } else {
+            Err(
+                "answers carry no correlation_id (field 1000): an answer out of \
+                 place cannot be detected when requests are pipelined"
+                    .to_owned(),
+            )
+        },
+    );
 
     let _ = tokio::time::timeout(timeout, conn.clone().oneshot(ExtRequest::shutdown())).await;
     let shutdown = match proc.exited_within(timeout).await {

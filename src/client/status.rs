@@ -1,18 +1,29 @@
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use tokio::sync::Notify;
 
 use super::ConnectionError;
 
-/// The first failure of a connection, set once by its transport and read by
-/// every caller; waiters are woken when it is set.
+/// What a connection's transport tells its handles: the first failure (set
+/// once, read by every caller, waiters woken when it is set), and whether
+/// the extension echoes correlation ids.
 #[derive(Debug, Default)]
-pub(crate) struct Failure {
+pub(crate) struct Status {
     cell: OnceLock<ConnectionError>,
     notify: Notify,
+    echoes_ids: AtomicBool,
 }
 
-impl Failure {
+impl Status {
+    pub(crate) fn set_echoes_ids(&self) {
+        self.echoes_ids.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn echoes_ids(&self) -> bool {
+        self.echoes_ids.load(Ordering::Relaxed)
+    }
+
     /// Records `e` unless a failure is already recorded; returns the one in
     /// force.
     pub(crate) fn set(&self, e: ConnectionError) -> ConnectionError {
