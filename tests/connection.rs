@@ -297,6 +297,7 @@ async fn shutdown_goes_out_at_once_even_when_every_slot_is_taken() {
 async fn requests_are_numbered_and_echoed_ids_are_accepted() {
     let (io, mut ext) = fake_pair();
     let conn = Connection::builder().max_in_flight(2).build(io);
+    assert!(!conn.echoes_correlation_ids());
     let a = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("a", "")));
     let b = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("b", "")));
     let (ra, rb) = (recv(&mut ext).await, recv(&mut ext).await);
@@ -307,14 +308,10 @@ async fn requests_are_numbered_and_echoed_ids_are_accepted() {
         resp.correlation_id = Some(id);
         ext.send(resp).await.unwrap();
     }
-    assert_eq!(
-        a.await.unwrap().unwrap().msg,
-        ExtResponse::tool_result("a").msg
-    );
-    assert_eq!(
-        b.await.unwrap().unwrap().msg,
-        ExtResponse::tool_result("b").msg
-    );
+    // The ids are checked and stripped: callers see plain answers.
+    assert_eq!(a.await.unwrap().unwrap(), ExtResponse::tool_result("a"));
+    assert_eq!(b.await.unwrap().unwrap(), ExtResponse::tool_result("b"));
+    assert!(conn.echoes_correlation_ids());
 }
 
 #[tokio::test(flavor = "current_thread")]
