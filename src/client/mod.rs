@@ -107,14 +107,14 @@ struct Shared {
     client: tokio::sync::Mutex<Pipeline>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
-    failure: Arc<Status>,
+    status: Arc<Status>,
 }
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
             .field("max_in_flight", &self.shared.max_in_flight)
-            .field("failure", &self.shared.failure.get())
+            .field("failure", &self.shared.status.get())
             .finish()
     }
 }
@@ -172,11 +172,11 @@ impl Builder {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let failure = Arc::new(Status::default());
+        let status = Arc::new(Status::default());
         let transport = Transport::new(
             Box::new(io),
             ClientCodec::with_max_frame_len(self.max_frame_len),
-            failure.clone(),
+            status.clone(),
             self.stuck_after,
         );
         let client = Pipeline::new(transport);
@@ -185,7 +185,7 @@ impl Builder {
                 client: tokio::sync::Mutex::new(client),
                 in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
                 max_in_flight: self.max_in_flight,
-                failure,
+                status,
             }),
         }
     }
@@ -209,21 +209,21 @@ impl Connection {
 
     /// Why the connection failed, if it has.
     pub fn failure(&self) -> Option<&ConnectionError> {
-        self.shared.failure.get()
+        self.shared.status.get()
     }
 
     /// Completes when the connection fails (at once if it has), with the
     /// cause. A supervisor awaits this to notice a lost extension without
     /// making a call.
     pub async fn broken(&self) -> ConnectionError {
-        self.shared.failure.wait().await
+        self.shared.status.wait().await
     }
 
     /// Whether the extension has answered with a correlation id, so that
     /// every answer on this connection is checked against its request (see
     /// [`crate::proto`]).
     pub fn echoes_correlation_ids(&self) -> bool {
-        self.shared.failure.echoes_ids()
+        self.shared.status.echoes_ids()
     }
 
     /// Whether the connection has failed; every call on it now fails.

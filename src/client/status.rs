@@ -16,6 +16,7 @@ pub(crate) struct Status {
 }
 
 impl Status {
+    /// Records that the extension echoes correlation ids; it stays so.
     pub(crate) fn set_echoes_ids(&self) {
         self.echoes_ids.store(true, Ordering::Relaxed);
     }

@@ -49,19 +49,16 @@ struct Slot {
 /// violation, `shutdown` (which gets no answer) yields a synthetic empty
 /// response in its place in the order, and a connection whose oldest request
 /// is overdue past `stuck_after` fails. Every failure is recorded in
-/// `failure` before it is returned, so callers that see their request
+/// `status` before it is returned, so callers that see their request
 /// dropped can report the real cause.
 pub(crate) struct Transport {
     framed: Framed<Box<dyn Io>, ClientCodec>,
     pending: VecDeque<Slot>,
-    failure: Arc<Status>,
+    status: Arc<Status>,
     stuck_after: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
     /// The correlation id of the next request.
     next_id: u64,
-    /// Whether the extension has echoed a correlation id: from then on,
-    /// every answer must carry one.
-    echoes_ids: bool,
 }
 
 impl fmt::Debug for Transport {
@@ -77,22 +74,21 @@ impl Transport {
     pub(crate) fn new(
         io: Box<dyn Io>,
         codec: ClientCodec,
-        failure: Arc<Status>,
+        status: Arc<Status>,
         stuck_after: Option<Duration>,
     ) -> Self {
         Transport {
             framed: Framed::new(io, codec),
             pending: VecDeque::new(),
-            failure,
+            status,
             stuck_after,
             timer: None,
             next_id: 1,
-            echoes_ids: false,
         }
     }
 
     fn fail(&self, e: ConnectionError) -> ConnectionError {
-        self.failure.set(e)
+        self.status.set(e)
     }
 
     /// Fails if the oldest pending request is overdue; otherwise arms the
@@ -111,7 +107,7 @@ impl Transport {
             let now = Instant::now();
             if now >= due {
                 let waited = now - sent_at;
-                return Err(self.failure.set(ConnectionError::Stuck { request, waited }));
+                return Err(self.status.set(ConnectionError::Stuck { request, waited }));
             }
             timer.as_mut().reset(due);
         }
@@ -236,13 +232,9 @@ impl Stream for Transport {
                 };
                 return Poll::Ready(Some(Err(this.fail(e))));
             }
-            Some(_) if !this.echoes_ids => {
-                this.echoes_ids = true;
-                this.failure.set_echoes_ids();
-            }
-            Some(_) => {}
-            // An extension that knows ids must send them every time.
-            None if this.echoes_ids => {
+            // From the first echoed id on, every answer must carry one.
+            Some(_) => this.status.set_echoes_ids(),
+            None if this.status.echoes_ids() => {
                 let e = ConnectionError::Mismatched {
                     expected: slot.id,
                     got: None,
