@@ -41,10 +41,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::error::CallError;
-use crate::manager::{unavailable, Shared};
+use crate::manager::{call_slot, unavailable, unexpected, Shared};
 use crate::proto::{ext_response::Msg, ExtRequest};
 
 /// A tool call: name, JSON arguments, the calling agent, an optional task.
@@ -144,21 +144,9 @@ impl Service<ToolCall> for Router {
                 Some(svc) => Box::pin(async move {
                     let req =
                         ExtRequest::tool_call_full(call.name, call.args, call.agent, call.task_id);
-                    let timeout = slot.config.call_timeout();
-                    let resp = svc
-                        .oneshot(req)
-                        .await
-                        .map_err(|e| CallError::from_stack(&slot.name, timeout, e))?;
-                    match resp.msg {
-                        Some(Msg::ToolResult(r)) => Ok(r.result),
-                        Some(Msg::Error(e)) => Err(CallError::Extension {
-                            service: slot.name.clone(),
-                            message: e.message,
-                        }),
-                        _ => Err(CallError::Protocol {
-                            service: slot.name.clone(),
-                            reason: format!("`{}` response to a tool call", resp.kind_name()),
-                        }),
+                    match call_slot(&slot, svc, req).await? {
+                        Msg::ToolResult(r) => Ok(r.result),
+                        other => Err(unexpected(&slot.name, other)),
                     }
                 }),
             },

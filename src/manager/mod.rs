@@ -75,9 +75,10 @@ use crate::config::ServiceConfig;
 use crate::connector::{Connector, Spawned, Started, Target};
 use crate::error::{CallError, StartError};
 use crate::process::{Paths, StopOutcome};
-use crate::proto::{ext_response::Msg, ExtRequest};
+use crate::proto::{ext_response::Msg, ExtRequest, ExtResponse};
 use crate::registry::{Conflict, RegisteredTool, Table};
 use crate::router::{Router, ToolCall};
+use crate::stack::ExtensionService;
 
 /// A service spawned by `spawn_all`, waiting for `handshake_all`.
 type SpawnedSlot = (Arc<Slot>, Result<Spawned, StartError>);
@@ -374,22 +375,7 @@ impl ServiceManager {
     async fn request(&self, service: &str, req: ExtRequest) -> Result<Msg, CallError> {
         let slot = self.shared.slot(service)?;
         let svc = slot.service().ok_or_else(|| unavailable(slot))?;
-        let timeout = slot.config.call_timeout();
-        let resp = svc
-            .oneshot(req)
-            .await
-            .map_err(|e| CallError::from_stack(service, timeout, e))?;
-        match resp.msg {
-            Some(Msg::Error(e)) => Err(CallError::Extension {
-                service: service.to_owned(),
-                message: e.message,
-            }),
-            Some(msg) => Ok(msg),
-            None => Err(CallError::Protocol {
-                service: service.to_owned(),
-                reason: "empty response".to_owned(),
-            }),
-        }
+        call_slot(slot, svc, req).await
     }
 
     /// Sends a service query to `service` (it must declare the query
@@ -407,7 +393,7 @@ impl ServiceManager {
             .await?
         {
             Msg::ServiceQueryResult(r) => Ok(r.result),
-            _ => unreachable!("the connection checks response kinds"),
+            other => Err(unexpected(service, other)),
         }
     }
 
@@ -416,7 +402,7 @@ impl ServiceManager {
     pub async fn schema(&self, service: &str) -> Result<String, CallError> {
         match self.request(service, ExtRequest::get_schema()).await? {
             Msg::SchemaResult(r) => Ok(r.schema),
-            _ => unreachable!("the connection checks response kinds"),
+            other => Err(unexpected(service, other)),
         }
     }
 
@@ -448,6 +434,44 @@ impl ServiceManager {
             .await
             .into_iter()
             .collect()
+    }
+}
+
+/// Sends `req` through `svc`, the stack of `slot`'s extension, and returns
+/// the answer's message; an `error` answer is [`CallError::Extension`], a
+/// failure of the stack is mapped by [`CallError::from_stack`].
+pub(crate) async fn call_slot(
+    slot: &Slot,
+    svc: ExtensionService,
+    req: ExtRequest,
+) -> Result<Msg, CallError> {
+    let resp = svc
+        .oneshot(req)
+        .await
+        .map_err(|e| CallError::from_stack(&slot.name, slot.config.call_timeout(), e))?;
+    match resp.msg {
+        Some(Msg::Error(e)) => Err(CallError::Extension {
+            service: slot.name.clone(),
+            message: e.message,
+        }),
+        Some(msg) => Ok(msg),
+        None => Err(CallError::Protocol {
+            service: slot.name.clone(),
+            reason: "empty response".to_owned(),
+        }),
+    }
+}
+
+/// An answer of a kind the request does not take. The connection already
+/// refuses those; this keeps the mapping total.
+pub(crate) fn unexpected(service: &str, msg: Msg) -> CallError {
+    let resp = ExtResponse {
+        msg: Some(msg),
+        ..Default::default()
+    };
+    CallError::Protocol {
+        service: service.to_owned(),
+        reason: format!("unexpected `{}` response", resp.kind_name()),
     }
 }
 

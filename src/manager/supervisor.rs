@@ -88,6 +88,31 @@ async fn incarnation_ends(started: &Started) -> Down {
     }
 }
 
+/// Settles why an incarnation ended, and makes sure its process is gone.
+async fn settle(started: &Started, cause: Down) -> Down {
+    let Down::ConnectionLost(lost) = cause else {
+        return cause;
+    };
+    // A crash closes the socket a moment before its exit is reaped: prefer
+    // the exit status when it follows. A protocol violation is the cause
+    // whatever the exit after we reset the connection.
+    if !lost.is_protocol_violation() {
+        let exit = started
+            .process
+            .exited_within(crate::process::EXIT_AFTER_CLOSE)
+            .await;
+        if let Some(status) = exit {
+            return Down::Exited(status);
+        }
+    }
+    // Alive with a broken connection: stop it before starting another.
+    started
+        .process
+        .stop(None::<ExtensionService>, Duration::ZERO)
+        .await;
+    Down::ConnectionLost(lost)
+}
+
 pub(crate) async fn supervise(shared: Arc<Shared>, slot: Arc<Slot>, first: Option<String>) {
     let limits = shared.limits;
     let mut recent: VecDeque<Instant> = VecDeque::new();
@@ -105,37 +130,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, slot: Arc<Slot>, first: Optio
                 };
                 // Calls fail at once from here on.
                 slot.take();
-                match cause {
-                    // The extension broke the protocol: that is the cause,
-                    // whatever its exit after we reset the connection.
-                    Down::ConnectionLost(violation) if violation.is_protocol_violation() => {
-                        started
-                            .process
-                            .stop(None::<ExtensionService>, Duration::ZERO)
-                            .await;
-                        Down::ConnectionLost(violation)
-                    }
-                    Down::ConnectionLost(lost) => {
-                        // A crash closes the socket a moment before the exit
-                        // is reaped: prefer the exit status when it follows.
-                        let exit = started
-                            .process
-                            .exited_within(crate::process::EXIT_AFTER_CLOSE)
-                            .await;
-                        match exit {
-                            Some(status) => Down::Exited(status),
-                            None => {
-                                // Alive with a broken connection: stop it.
-                                started
-                                    .process
-                                    .stop(None::<ExtensionService>, Duration::ZERO)
-                                    .await;
-                                Down::ConnectionLost(lost)
-                            }
-                        }
-                    }
-                    cause => cause,
-                }
+                settle(&started, cause).await
             }
         };
         if shared.shutdown.is_cancelled() {
