@@ -103,9 +103,5 @@ criterion_group! {
 }
 
 fn main() {
-    if common::serve_if_asked() {
-        return;
-    }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    common::bench_main(benches);
 }

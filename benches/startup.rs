@@ -150,11 +150,5 @@ fn startup(c: &mut Criterion) {
 criterion_group!(benches, startup);
 
 fn main() {
-    if common::serve_if_asked() {
-        return;
-    }
-    benches();
-    criterion::Criterion::default()
-        .configure_from_args()
-        .final_summary();
+    common::bench_main(benches);
 }

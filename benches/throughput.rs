@@ -233,11 +233,5 @@ fn throughput(c: &mut Criterion) {
 criterion_group!(benches, throughput);
 
 fn main() {
-    if common::serve_if_asked() {
-        return;
-    }
-    benches();
-    criterion::Criterion::default()
-        .configure_from_args()
-        .final_summary();
+    common::bench_main(benches);
 }

@@ -19,6 +19,16 @@ async fn expect(ext: &mut FakeExt, kind: RequestKind) -> ExtRequest {
     req
 }
 
+/// Answers `hello` with a `ready` that declares nothing, then waits for
+/// `configure`.
+async fn greet_until_configure(ext: &mut FakeExt) {
+    expect(ext, RequestKind::Hello).await;
+    ext.send(ExtResponse::ready(PROTOCOL_VERSION, "svc", vec![]))
+        .await
+        .unwrap();
+    expect(ext, RequestKind::Configure).await;
+}
+
 fn def(name: &str, params: &[u8]) -> ToolDef {
     ToolDef {
         name: name.into(),
@@ -83,11 +93,7 @@ async fn handshake_sends_version_and_config_and_returns_the_tools() {
 #[tokio::test(flavor = "current_thread")]
 async fn error_reply_fails_with_the_extensions_message() {
     let err = run(|mut ext| async move {
-        expect(&mut ext, RequestKind::Hello).await;
-        ext.send(ExtResponse::ready(PROTOCOL_VERSION, "svc", vec![]))
-            .await
-            .unwrap();
-        expect(&mut ext, RequestKind::Configure).await;
+        greet_until_configure(&mut ext).await;
         ext.send(ExtResponse::error("bad api key")).await.unwrap();
         ext
     })
@@ -172,11 +178,7 @@ async fn unexpected_reply_through_a_lenient_service_names_what_arrived() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn silent_extension_times_out_at_the_step_it_stalls() {
     let err = run(|mut ext| async move {
-        expect(&mut ext, RequestKind::Hello).await;
-        ext.send(ExtResponse::ready(PROTOCOL_VERSION, "svc", vec![]))
-            .await
-            .unwrap();
-        expect(&mut ext, RequestKind::Configure).await;
+        greet_until_configure(&mut ext).await;
         // Never answers; holds the connection open.
         std::future::pending::<()>().await;
         ext

@@ -59,6 +59,18 @@ pub fn serve_if_asked() -> bool {
     true
 }
 
+/// A criterion bench binary's `main`: serve as the echo extension when
+/// started with `serve`, otherwise run `benches`.
+pub fn bench_main(benches: fn()) {
+    if serve_if_asked() {
+        return;
+    }
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}
+
 /// About 64 bytes of JSON arguments.
 pub const ARGS: &str = r#"{"query":"the quick brown fox","limit":10,"offset":0,"x":true}"#;
 
