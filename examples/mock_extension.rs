@@ -24,7 +24,9 @@
 //! `MOCK_MODE` makes it misbehave, for tests of the host:
 //!
 //! - `exit`: writes a line to stderr and exits with status 3 at once;
-//! - `hang`: accepts connections but never answers anything;
+//! - `hang`: accepts connections but never answers anything (and, if
+//!   `MOCK_NOTIFY_SOCKET` is set, connects there and writes its pid each
+//!   time it accepts one);
 //! - `stubborn`: ignores `shutdown` (stays alive after it) and SIGTERM;
 //! - `impostor`: does not bind; an orphaned, unrelated process binds its
 //!   socket instead;
@@ -62,6 +64,13 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let mut held = Vec::new();
             loop {
                 held.push(listener.accept().await?);
+                // Tell a test that the host is connected, with our pid.
+                if let Some(path) = std::env::var_os("MOCK_NOTIFY_SOCKET") {
+                    use tokio::io::AsyncWriteExt;
+                    let mut s = tokio::net::UnixStream::connect(path).await?;
+                    s.write_all(std::process::id().to_string().as_bytes())
+                        .await?;
+                }
             }
         }
         Ok("wrong_kind") => return wrong_kind(&args.socket).await,

@@ -379,3 +379,47 @@ async fn gateways_are_supervised_but_not_handshaken() {
     assert!(std::fs::read_to_string(&runs).unwrap().lines().count() >= 2);
     m.shutdown_all().await;
 }
+
+#[tokio::test]
+async fn handshakes_run_concurrently() {
+    let dir = temp_dir();
+    let notify = dir.path().join("notify.sock");
+    let listener = tokio::net::UnixListener::bind(&notify).unwrap();
+    // Two extensions that accept the host and then never answer, with a
+    // long handshake timeout: one after the other, the second would not be
+    // connected before the first's handshake timed out, a minute later.
+    let hang = || {
+        mock("h_")
+            .with_env("MOCK_MODE", "hang")
+            .with_env("MOCK_NOTIFY_SOCKET", notify.to_str().unwrap())
+            .with_handshake_timeout(Duration::from_secs(60))
+    };
+    let m = manager(dir.path(), vec![("h1", hang()), ("h2", hang())]);
+    let start = tokio::spawn({
+        let m = m.clone();
+        async move { m.start().await }
+    });
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let (mut s, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .expect("both handshakes must be under way at once")
+            .unwrap();
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut text)
+            .await
+            .unwrap();
+        pids.push(text.parse::<i32>().unwrap());
+    }
+    // End both handshakes: start() then reports both as failed.
+    for pid in pids {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    let report = tokio::time::timeout(WAIT, start).await.unwrap().unwrap();
+    assert_eq!(report.failed.len(), 2, "{:?}", report.failed);
+    m.shutdown_all().await;
+}
