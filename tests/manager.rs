@@ -258,7 +258,7 @@ async fn restart_with_a_different_tool_list_updates_the_registry() {
 }
 
 #[tokio::test]
-async fn many_extensions_start_concurrently_and_all_stop() {
+async fn eight_extensions_start_and_all_stop() {
     let dir = temp_dir();
     let services: Vec<_> = (0..8)
         .map(|i| {
