@@ -19,11 +19,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion};
+use exthost::client::Connection;
 use exthost::config::ServiceConfig;
 use exthost::connector::{Connector, Started, Target};
 use exthost::handshake::handshake;
 use exthost::process::{self, Paths, ProcessHandle};
-use exthost::stack::{ExtensionService, StackBuilder};
 
 fn config() -> ServiceConfig {
     ServiceConfig::command(std::env::current_exe().unwrap())
@@ -49,18 +49,18 @@ async fn poll_connect(socket: &Path) -> tokio::net::UnixStream {
 }
 
 /// Connects to a spawned extension the old way and runs the handshake.
-async fn poll_and_handshake(p: ProcessHandle) -> (ProcessHandle, ExtensionService) {
+async fn poll_and_handshake(p: ProcessHandle) -> (ProcessHandle, Connection) {
     let stream = poll_connect(p.socket().unwrap()).await;
-    let mut svc = StackBuilder::new(p.name().to_owned()).build(stream);
-    handshake(&mut svc, &serde_json::json!({}), Duration::from_secs(10))
+    let mut conn = Connection::new(stream);
+    handshake(&mut conn, &serde_json::json!({}), Duration::from_secs(10))
         .await
         .unwrap();
-    (p, svc)
+    (p, conn)
 }
 
 /// The reference's way: spawn all, then for each in turn wait for the
 /// socket file (50 ms polling), connect, handshake.
-async fn reference_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, ExtensionService)> {
+async fn reference_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, Connection)> {
     let procs: Vec<_> = (0..n)
         .map(|i| process::spawn(&format!("r{i}"), &config(), paths).unwrap())
         .collect();
@@ -73,7 +73,7 @@ async fn reference_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, Extensi
 
 /// One at a time: spawn, wait for the socket file (50 ms polling),
 /// connect, handshake; then the next.
-async fn sequential_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, ExtensionService)> {
+async fn sequential_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, Connection)> {
     let mut ready = Vec::new();
     for i in 0..n {
         let p = process::spawn(&format!("s{i}"), &config(), paths).unwrap();
@@ -108,8 +108,8 @@ fn startup(c: &mut Criterion) {
                         let started = exthost_start(&connector, n).await;
                         total += t.elapsed();
                         futures::future::join_all(started.iter().map(|s| {
-                            let svc = s.extension.as_ref().map(|e| e.service.clone());
-                            s.process.stop(svc, grace)
+                            let conn = s.extension.as_ref().map(|e| &e.connection);
+                            s.process.stop(conn, grace)
                         }))
                         .await;
                     }
@@ -132,9 +132,7 @@ fn startup(c: &mut Criterion) {
                             };
                             total += t.elapsed();
                             futures::future::join_all(
-                                ready
-                                    .iter()
-                                    .map(|(p, svc)| p.stop(Some(svc.clone()), grace)),
+                                ready.iter().map(|(p, conn)| p.stop(Some(conn), grace)),
                             )
                             .await;
                         }

@@ -4,7 +4,7 @@
 //! (`description`, `kind`, `crate` (alias `krate`), `restart`, `enabled`,
 //! `env`, `config`) and adds `command`, `args`, `call_timeout`,
 //! `handshake_timeout`, `shutdown_grace`, `stuck_margin` (durations as
-//! `"500ms"`, `"10s"`) and `max_in_flight`. [`HostConfig`] is a whole file: optional
+//! `"500ms"`, `"10s"`), `max_in_flight` and `max_queued`. [`HostConfig`] is a whole file: optional
 //! `services_dir`, `logs_dir` and `daemon_socket`, and the services, loaded
 //! from TOML or JSON. Every error names the service and the field.
 //!
@@ -128,6 +128,11 @@ pub struct ServiceConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub stuck_margin: Option<Duration>,
+    /// How many calls may wait for an in-flight slot at once; a call beyond
+    /// that fails at once as `overloaded` (never sent, safe to retry).
+    /// Default: no bound (each waits within its call timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -155,6 +160,7 @@ impl Default for ServiceConfig {
             shutdown_grace: None,
             max_in_flight: None,
             stuck_margin: None,
+            max_queued: None,
         }
     }
 }
@@ -209,6 +215,12 @@ impl ServiceConfig {
     /// Sets the in-flight limit.
     pub fn with_max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = Some(n);
+        self
+    }
+
+    /// Sets how many calls may wait for an in-flight slot.
+    pub fn with_max_queued(mut self, n: usize) -> Self {
+        self.max_queued = Some(n);
         self
     }
 

@@ -20,8 +20,12 @@
 //! - [`server`]: the extension's side, for extension authors.
 //! - [`config`], [`process`] and [`connector`]: from a service's
 //!   configuration to a running, handshaken extension process, and back.
-//! - [`registry`], [`router`] and [`manager`]: every extension behind one
-//!   `Service<ToolCall>`, supervised and restarted per its policy.
+//! - [`status`]: where a service is in its life, and why it went down.
+//! - [`registry`] and [`router`]: the tool list, and one
+//!   `Service<ToolCall>` over every extension's boxed stack; the router
+//!   holds only its routing table.
+//! - [`manager`]: starts, supervises and restarts the services per their
+//!   policy, and keeps the router's table current.
 //!
 //! # Example
 //!
@@ -65,7 +69,6 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connector;
-mod error;
 pub mod handshake;
 pub mod manager;
 pub mod process;
@@ -74,9 +77,11 @@ pub mod registry;
 pub mod router;
 pub mod server;
 pub mod stack;
+pub mod status;
 mod tool;
 pub mod trace;
 
-pub use error::{CallError, StartError};
+pub use connector::StartError;
+pub use router::CallError;
 pub use tool::{BadToolSchema, Tool};
 pub use tower::BoxError;

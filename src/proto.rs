@@ -79,6 +79,64 @@ impl fmt::Display for RequestKind {
     }
 }
 
+/// What an [`ExtResponse`] answers with, without its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResponseKind {
+    /// `ready`: the answer to `hello`.
+    Ready,
+    /// `tool_schemas`: the answer to `register_tools`.
+    ToolSchemas,
+    /// `tool_result`: the answer to `tool_call`.
+    ToolResult,
+    /// `service_query_result`: the answer to `service_query`.
+    ServiceQueryResult,
+    /// `error`: a refusal, a valid answer to any request.
+    Error,
+    /// `configured`: the answer to `configure`.
+    Configured,
+    /// `schema_result`: the answer to `get_schema`.
+    SchemaResult,
+    /// A response with no message set.
+    Empty,
+}
+
+impl ResponseKind {
+    /// The response's field name in the protocol, such as `"tool_result"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseKind::Ready => "ready",
+            ResponseKind::ToolSchemas => "tool_schemas",
+            ResponseKind::ToolResult => "tool_result",
+            ResponseKind::ServiceQueryResult => "service_query_result",
+            ResponseKind::Error => "error",
+            ResponseKind::Configured => "configured",
+            ResponseKind::SchemaResult => "schema_result",
+            ResponseKind::Empty => "empty",
+        }
+    }
+
+    /// Whether this kind of response answers a `request` request: its
+    /// own kind of answer, or an `error`, which answers any request.
+    pub fn answers(self, request: RequestKind) -> bool {
+        matches!(
+            (request, self),
+            (_, ResponseKind::Error)
+                | (RequestKind::Hello, ResponseKind::Ready)
+                | (RequestKind::RegisterTools, ResponseKind::ToolSchemas)
+                | (RequestKind::ToolCall, ResponseKind::ToolResult)
+                | (RequestKind::ServiceQuery, ResponseKind::ServiceQueryResult)
+                | (RequestKind::Configure, ResponseKind::Configured)
+                | (RequestKind::GetSchema, ResponseKind::SchemaResult)
+        )
+    }
+}
+
+impl fmt::Display for ResponseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ExtRequest {
     fn of(msg: ext_request::Msg) -> Self {
         ExtRequest {
@@ -242,19 +300,24 @@ impl ExtResponse {
         }))
     }
 
+    /// What this response is, without its payload.
+    pub fn kind(&self) -> ResponseKind {
+        match &self.msg {
+            Some(ext_response::Msg::Ready(_)) => ResponseKind::Ready,
+            Some(ext_response::Msg::ToolSchemas(_)) => ResponseKind::ToolSchemas,
+            Some(ext_response::Msg::ToolResult(_)) => ResponseKind::ToolResult,
+            Some(ext_response::Msg::ServiceQueryResult(_)) => ResponseKind::ServiceQueryResult,
+            Some(ext_response::Msg::Error(_)) => ResponseKind::Error,
+            Some(ext_response::Msg::Configured(_)) => ResponseKind::Configured,
+            Some(ext_response::Msg::SchemaResult(_)) => ResponseKind::SchemaResult,
+            None => ResponseKind::Empty,
+        }
+    }
+
     /// The response's field name in the protocol, such as `"tool_result"`,
     /// or `"empty"` when no message is set.
     pub fn kind_name(&self) -> &'static str {
-        match &self.msg {
-            Some(ext_response::Msg::Ready(_)) => "ready",
-            Some(ext_response::Msg::ToolSchemas(_)) => "tool_schemas",
-            Some(ext_response::Msg::ToolResult(_)) => "tool_result",
-            Some(ext_response::Msg::ServiceQueryResult(_)) => "service_query_result",
-            Some(ext_response::Msg::Error(_)) => "error",
-            Some(ext_response::Msg::Configured(_)) => "configured",
-            Some(ext_response::Msg::SchemaResult(_)) => "schema_result",
-            None => "empty",
-        }
+        self.kind().as_str()
     }
 
     /// The extension's error message, if this is an `error` response.

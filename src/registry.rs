@@ -7,9 +7,10 @@
 //! [`Conflict`]s. Tool names outside `^[a-zA-Z0-9_-]{1,64}$` (the limit of
 //! common LLM APIs) are warned about.
 //!
-//! The registry of a running set of extensions is read through
+//! The tools of a running set of extensions are read through
 //! [`ServiceManager::tools`](crate::manager::ServiceManager::tools) and
-//! [`ServiceManager::conflicts`](crate::manager::ServiceManager::conflicts).
+//! [`ServiceManager::conflicts`](crate::manager::ServiceManager::conflicts);
+//! the [`RoutingTable`](crate::router::RoutingTable) builds them.
 //!
 //! # Example
 //!
@@ -19,9 +20,6 @@
 //! assert!(is_portable_tool_name("get_weather"));
 //! assert!(!is_portable_tool_name("weather.get")); // most LLM APIs refuse dots
 //! ```
-
-use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -54,62 +52,6 @@ pub fn is_portable_tool_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// Routes from tool names to owners, built from every service's tools.
-#[derive(Debug)]
-pub(crate) struct Table<T> {
-    pub(crate) routes: HashMap<String, Arc<T>>,
-    pub(crate) tools: Vec<RegisteredTool>,
-    pub(crate) conflicts: Vec<Conflict>,
-}
-
-impl<T> Default for Table<T> {
-    fn default() -> Self {
-        Table {
-            routes: HashMap::new(),
-            tools: Vec::new(),
-            conflicts: Vec::new(),
-        }
-    }
-}
-
-impl<T> Table<T> {
-    /// Builds the table; `services` must come in name order.
-    pub(crate) fn build<'a>(
-        services: impl IntoIterator<Item = (&'a str, &'a [Tool], &'a Arc<T>)>,
-    ) -> Self
-    where
-        T: 'a,
-    {
-        let mut table = Table::default();
-        let mut owner: HashMap<String, String> = HashMap::new();
-        for (service, tools, target) in services {
-            for tool in tools {
-                if let Some(kept) = owner.get(&tool.name) {
-                    if kept != service {
-                        tracing::warn!(tool = %tool.name, kept = %kept, dropped = %service, "tool declared by two extensions; the first in name order keeps it");
-                        table.conflicts.push(Conflict {
-                            tool: tool.name.clone(),
-                            kept: kept.clone(),
-                            dropped: service.to_owned(),
-                        });
-                    }
-                    continue;
-                }
-                if !is_portable_tool_name(&tool.name) {
-                    tracing::warn!(tool = %tool.name, %service, "tool name does not fit ^[a-zA-Z0-9_-]{{1,64}}$; LLM APIs may refuse it");
-                }
-                owner.insert(tool.name.clone(), service.to_owned());
-                table.routes.insert(tool.name.clone(), target.clone());
-                table.tools.push(RegisteredTool {
-                    service: service.to_owned(),
-                    tool: tool.clone(),
-                });
-            }
-        }
-        table
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{fake_pair, FakeExt};
 use exthost::client::{Connection, ConnectionError};
-use exthost::proto::{ExtRequest, ExtResponse, RequestKind};
+use exthost::proto::{ExtRequest, ExtResponse, RequestKind, ResponseKind};
 use futures::{SinkExt, StreamExt};
 use tower::{Service, ServiceExt};
 
@@ -149,7 +149,7 @@ async fn answer_of_the_wrong_kind_is_a_protocol_violation() {
             err,
             ConnectionError::WrongResponse {
                 request: RequestKind::ToolCall,
-                response: "configured"
+                response: ResponseKind::Configured
             }
         ),
         "{err:?}"
@@ -183,7 +183,7 @@ async fn unsolicited_answer_is_never_handed_to_the_next_request() {
         matches!(
             err,
             ConnectionError::Unsolicited {
-                response: "tool_result"
+                response: ResponseKind::ToolResult
             }
         ),
         "{err:?}"
@@ -264,7 +264,7 @@ async fn shutdown_gets_no_answer_and_does_not_shift_later_ones() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn timeout_covers_waiting_for_an_in_flight_slot() {
     let (io, mut ext) = fake_pair();
-    let svc = tower::timeout::Timeout::new(Connection::new(io), Duration::from_secs(1));
+    let svc = exthost::stack::Timeout::new(Connection::new(io), Duration::from_secs(1));
     let first = tokio::spawn(svc.clone().oneshot(ExtRequest::tool_call("a", "")));
     recv(&mut ext).await;
     // The second call waits behind the first; its deadline still runs.
@@ -273,7 +273,12 @@ async fn timeout_covers_waiting_for_an_in_flight_slot() {
         .oneshot(ExtRequest::tool_call("b", ""))
         .await
         .unwrap_err();
-    assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
+    let timed_out = err
+        .downcast_ref::<exthost::stack::TimedOut>()
+        .expect("TimedOut");
+    assert_eq!(timed_out.after(), Duration::from_secs(1));
+    // It never reached the extension: the only request sent is the first.
+    assert!(receives_nothing(&mut ext).await);
     first.abort();
 }
 
@@ -283,7 +288,7 @@ async fn shutdown_goes_out_at_once_even_when_every_slot_is_taken() {
     let conn = Connection::new(io); // one slot, taken below
     let busy = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("busy", "")));
     assert_eq!(recv(&mut ext).await.kind(), RequestKind::ToolCall);
-    let stop = tokio::spawn(conn.clone().oneshot(ExtRequest::shutdown()));
+    let stop = tokio::spawn(conn.shutdown());
     assert_eq!(recv(&mut ext).await.kind(), RequestKind::Shutdown);
     ext.send(ExtResponse::tool_result("done")).await.unwrap();
     assert_eq!(
@@ -353,5 +358,57 @@ async fn an_extension_that_echoed_ids_must_keep_sending_them() {
     assert!(
         matches!(err, ConnectionError::Mismatched { got: None, .. }),
         "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn load_shed_over_a_full_connection_sheds() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::new(io); // one slot
+    let shed = tower::load_shed::LoadShed::new(conn.clone());
+    let busy = tokio::spawn(shed.clone().oneshot(ExtRequest::tool_call("busy", "")));
+    assert_eq!(recv(&mut ext).await.kind(), RequestKind::ToolCall);
+    // The slot is owed an answer: the connection is not ready, so the
+    // second call is shed at once and never sent.
+    let err = shed
+        .clone()
+        .oneshot(ExtRequest::tool_call("more", ""))
+        .await
+        .unwrap_err();
+    assert!(err.is::<tower::load_shed::error::Overloaded>(), "{err}");
+    ext.send(ExtResponse::tool_result("done")).await.unwrap();
+    assert_eq!(
+        busy.await.unwrap().unwrap(),
+        ExtResponse::tool_result("done")
+    );
+    // Answered: the slot is free and calls go through again.
+    let again = tokio::spawn(shed.oneshot(ExtRequest::tool_call("again", "")));
+    assert_eq!(recv(&mut ext).await.tool_name(), Some("again"));
+    ext.send(ExtResponse::tool_result("ok")).await.unwrap();
+    assert_eq!(
+        again.await.unwrap().unwrap(),
+        ExtResponse::tool_result("ok")
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn poll_ready_takes_the_slot_and_a_clone_does_not_inherit_it() {
+    let (io, _ext) = fake_pair();
+    let mut conn = Connection::new(io); // one slot
+    futures::future::poll_fn(|cx| conn.poll_ready(cx))
+        .await
+        .unwrap();
+    assert_eq!(conn.in_flight(), 1);
+    let mut clone = conn.clone();
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(
+        clone.poll_ready(&mut cx).is_pending(),
+        "the only slot is held"
+    );
+    drop(conn);
+    assert!(
+        clone.poll_ready(&mut cx).is_ready(),
+        "dropping the holder frees it"
     );
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use common::{alive, gone_within, mock_bin, temp_dir};
 use exthost::config::{RestartPolicy, ServiceConfig};
-use exthost::manager::{RestartLimits, ServiceManager, ServiceState};
+use exthost::manager::{DownReason, RestartLimits, ServiceManager, ServiceState};
 use exthost::process::Paths;
 use exthost::router::ToolCall;
-use exthost::CallError;
+use exthost::{CallError, StartError};
 use tower::ServiceExt;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -208,8 +208,14 @@ async fn crash_loop_trips_the_breaker_and_the_service_stays_failed() {
     let status = wait_until(&m, "crashy", |s| s.state == ServiceState::Failed).await;
     assert_eq!(status.restarts, 3);
     let error = status.error.unwrap();
-    assert!(error.contains("crash loop"), "{error}");
-    assert!(error.contains("exited before it was ready"), "{error}");
+    let DownReason::CrashLoop { restarts, last, .. } = &error else {
+        panic!("not a crash loop: {error:?}");
+    };
+    assert_eq!(*restarts, 3);
+    assert!(
+        matches!(&**last, DownReason::StartFailed(e) if matches!(**e, StartError::ExitedEarly { .. })),
+        "{error:?}"
+    );
     m.shutdown_all().await;
 }
 
@@ -221,7 +227,10 @@ async fn never_policy_leaves_a_crashed_service_failed() {
     let _ = call(&m, "b_crash", "{}").await;
     let status = wait_until(&m, "beta", |s| s.state == ServiceState::Failed).await;
     assert_eq!(status.restarts, 0);
-    assert!(status.error.unwrap().contains("exited"));
+    assert!(
+        matches!(status.error, Some(DownReason::Exited(s)) if !s.success()),
+        "{status:?}"
+    );
     assert!(matches!(
         call(&m, "b_echo", "{}").await,
         Err(CallError::Unavailable { .. })
@@ -374,7 +383,10 @@ async fn gateways_are_supervised_but_not_handshaken() {
     assert_eq!(report.ready, ["alpha", "gw"]);
     assert!(m.tools().iter().all(|t| t.service == "alpha"));
     let down = wait_until(&m, "gw", |s| s.state == ServiceState::Restarting).await;
-    assert!(down.error.unwrap().contains("exit status: 1"));
+    assert!(
+        matches!(down.error, Some(DownReason::Exited(s)) if s.code() == Some(1)),
+        "{down:?}"
+    );
     wait_until(&m, "gw", |s| s.restarts >= 2).await;
     assert!(std::fs::read_to_string(&runs).unwrap().lines().count() >= 2);
     m.shutdown_all().await;

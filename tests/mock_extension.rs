@@ -97,23 +97,20 @@ async fn timed_out_call_against_the_process_leaves_the_next_answer_intact() {
     let dir = temp_dir();
     let sock = dir.path().join("m.sock");
     let _proc = spawn_mock(&sock, &[]);
-    let svc = StackBuilder::new("mock")
-        .timeout(Duration::from_millis(50))
-        .build(connect(&sock).await);
+    let stack = StackBuilder::new("mock").timeout(Duration::from_millis(50));
+    let conn = stack.connection(connect(&sock).await);
+    let svc = stack.service(conn.clone());
     let err = svc
         .clone()
         .oneshot(ExtRequest::tool_call("sleep", r#"{"ms": 300}"#))
         .await
         .unwrap_err();
-    assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
+    assert!(err.is::<exthost::stack::TimedOut>(), "{err}");
     // The sleep's answer is still owed: the next call waits for it to be
     // read and thrown away, then gets its own answer.
     let resp = tokio::time::timeout(
         WAIT,
-        svc.get_ref()
-            .get_ref()
-            .clone()
-            .oneshot(ExtRequest::tool_call("echo", "mine")),
+        conn.clone().oneshot(ExtRequest::tool_call("echo", "mine")),
     )
     .await
     .unwrap()
@@ -159,7 +156,9 @@ async fn crash_fails_the_call_with_closed_and_the_process_exits_101() {
     let dir = temp_dir();
     let sock = dir.path().join("m.sock");
     let mut proc = spawn_mock(&sock, &[]);
-    let svc = StackBuilder::new("mock").build(connect(&sock).await);
+    let stack = StackBuilder::new("mock");
+    let conn = stack.connection(connect(&sock).await);
+    let svc = stack.service(conn.clone());
     let err = svc
         .clone()
         .oneshot(ExtRequest::tool_call("crash", "{}"))
@@ -170,7 +169,7 @@ async fn crash_fails_the_call_with_closed_and_the_process_exits_101() {
         .expect("a ConnectionError");
     assert!(matches!(conn_err, ConnectionError::Closed), "{conn_err:?}");
     assert_eq!(proc.wait_exit(WAIT).await, Some(101));
-    assert!(svc.get_ref().get_ref().is_broken());
+    assert!(conn.is_broken());
 }
 
 #[tokio::test]

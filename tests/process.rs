@@ -8,7 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::{alive, gone_within, mock_bin, temp_dir};
-use exthost::client::Connection;
 use exthost::config::ServiceConfig;
 use exthost::connector::{Connector, Started, Target};
 use exthost::handshake::HandshakeError;
@@ -32,8 +31,8 @@ fn mock(env: &[(&str, &str)]) -> ServiceConfig {
 }
 
 async fn stop(started: &Started, grace: Duration) -> StopOutcome {
-    let svc = started.extension.as_ref().map(|e| e.service.clone());
-    started.process.stop(svc, grace).await
+    let conn = started.extension.as_ref().map(|e| &e.connection);
+    started.process.stop(conn, grace).await
 }
 
 #[tokio::test]
@@ -377,10 +376,7 @@ async fn gateway_is_spawned_with_daemon_and_config_and_the_environment() {
             daemon.display()
         )
     );
-    let outcome = started
-        .process
-        .stop(None::<Connection>, Duration::from_secs(2))
-        .await;
+    let outcome = started.process.stop(None, Duration::from_secs(2)).await;
     assert!(matches!(outcome, StopOutcome::Terminated(_)), "{outcome:?}");
 }
 

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::CodecError;
-use crate::proto::RequestKind;
+use crate::proto::{RequestKind, ResponseKind};
 
 /// Why a connection to an extension failed.
 ///
@@ -26,7 +26,7 @@ pub enum ConnectionError {
     #[error("protocol violation: unsolicited `{response}` response with no request pending")]
     Unsolicited {
         /// The kind of the response that arrived.
-        response: &'static str,
+        response: ResponseKind,
     },
     /// The extension answered a request with a response of the wrong kind.
     #[error("protocol violation: `{response}` response to a `{request}` request")]
@@ -34,7 +34,7 @@ pub enum ConnectionError {
         /// The request being answered.
         request: RequestKind,
         /// The kind of the response that arrived.
-        response: &'static str,
+        response: ResponseKind,
     },
     /// An answer carried the correlation id of another request (the
     /// extension skipped, repeated or reordered answers), or none at all

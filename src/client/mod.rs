@@ -10,7 +10,10 @@
 //! - **The in-flight limit counts what the extension still owes.** A
 //!   request holds one of `max_in_flight` slots until its answer arrives,
 //!   not until its caller stops waiting, so callers never pile up behind an
-//!   extension that has fallen silent.
+//!   extension that has fallen silent. The slot is taken in
+//!   [`poll_ready`] (the way tower's `ConcurrencyLimit` takes its permit),
+//!   so a full connection is *not ready*: `tower::load_shed` sheds, and
+//!   `tower::balance` picks another replica. A clone starts without a slot.
 //! - **Violations reset the connection.** An answer with nothing pending, an
 //!   answer of the wrong kind, an undecodable or oversized frame, or an
 //!   oldest request overdue past `stuck_after` fails every pending call with
@@ -69,11 +72,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::PollSemaphore;
 use tower::Service;
 
 use crate::codec::ClientCodec;
@@ -96,9 +100,24 @@ impl From<tokio_tower::Error<Transport, Tagged>> for WorkerError {
 /// A request service over one extension connection.
 ///
 /// See the [module documentation](self) for what it guarantees.
-#[derive(Clone)]
 pub struct Connection {
     shared: Arc<Shared>,
+    /// Waits for an in-flight slot in `poll_ready`.
+    slots: PollSemaphore,
+    /// The slot `poll_ready` took, used up by `call`.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A clone shares the socket but holds no slot of its own, like tower's
+/// `ConcurrencyLimit`.
+impl Clone for Connection {
+    fn clone(&self) -> Self {
+        Connection {
+            shared: self.shared.clone(),
+            slots: self.slots.clone(),
+            permit: None,
+        }
+    }
 }
 
 struct Shared {
@@ -180,10 +199,13 @@ impl Builder {
             self.stuck_after,
         );
         let client = Pipeline::new(transport);
+        let in_flight = Arc::new(Semaphore::new(self.max_in_flight));
         Connection {
+            slots: PollSemaphore::new(in_flight.clone()),
+            permit: None,
             shared: Arc::new(Shared {
                 client: tokio::sync::Mutex::new(client),
-                in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
+                in_flight,
                 max_in_flight: self.max_in_flight,
                 status,
             }),
@@ -231,14 +253,47 @@ impl Connection {
         self.failure().is_some()
     }
 
-    /// Requests the extension still owes answers to, including those whose
-    /// callers have given up.
+    /// Slots in use: requests the extension still owes answers to
+    /// (including those whose callers have given up), and slots taken by
+    /// `poll_ready` for a call not made yet.
     pub fn in_flight(&self) -> usize {
         self.shared.max_in_flight - self.shared.in_flight.available_permits()
     }
 
+    /// The configured `max_in_flight`.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight
+    }
+
     fn error(&self) -> ConnectionError {
         self.failure().cloned().unwrap_or(ConnectionError::Closed)
+    }
+
+    /// Sends `shutdown`, which takes no in-flight slot: it goes out at once,
+    /// behind whatever is already queued, and resolves in its place in the
+    /// order (the extension owes it no answer). No `poll_ready` is needed.
+    ///
+    /// # Errors
+    ///
+    /// The connection's [`ConnectionError`] if it has failed.
+    pub fn shutdown(&self) -> ResponseFuture {
+        self.send(ExtRequest::shutdown(), None)
+    }
+
+    fn send(&self, req: ExtRequest, permit: Option<OwnedSemaphorePermit>) -> ResponseFuture {
+        let this = self.clone();
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let response = {
+                    let mut client = this.shared.client.lock().await;
+                    std::future::poll_fn(|cx| client.poll_ready(cx))
+                        .await
+                        .map_err(|_| this.error())?;
+                    client.call(Tagged { req, permit })
+                };
+                response.await.map_err(|_| this.error())
+            }),
+        }
     }
 }
 
@@ -258,36 +313,34 @@ impl Service<ExtRequest> for Connection {
     type Error = ConnectionError;
     type Future = ResponseFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Waiting for an in-flight slot happens inside the call, so that a
-        // timeout around the call covers queueing too.
-        match self.failure() {
-            Some(e) => Poll::Ready(Err(e.clone())),
-            None => Poll::Ready(Ok(())),
+    /// Ready when the connection is healthy and an in-flight slot is free;
+    /// the slot is held from here until the extension answers.
+    ///
+    /// # Errors
+    ///
+    /// The connection's [`ConnectionError`] once it has failed.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Some(e) = self.failure() {
+            return Poll::Ready(Err(e.clone()));
         }
+        if self.permit.is_none() {
+            let permit = ready!(self.slots.poll_acquire(cx));
+            self.permit = Some(permit.expect("the in-flight semaphore is never closed"));
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: ExtRequest) -> Self::Future {
-        let this = self.clone();
-        ResponseFuture {
-            inner: Box::pin(async move {
-                // `shutdown` is owed no answer, so it takes no slot: it goes
-                // out at once, behind whatever is already queued.
-                let permit = if req.expects_response() {
-                    let permit = this.shared.in_flight.clone().acquire_owned().await;
-                    Some(permit.expect("the in-flight semaphore is never closed"))
-                } else {
-                    None
-                };
-                let response = {
-                    let mut client = this.shared.client.lock().await;
-                    std::future::poll_fn(|cx| client.poll_ready(cx))
-                        .await
-                        .map_err(|_| this.error())?;
-                    client.call(Tagged { req, permit })
-                };
-                response.await.map_err(|_| this.error())
-            }),
+        let permit = self
+            .permit
+            .take()
+            .expect("no in-flight slot; poll_ready must be called first");
+        if req.expects_response() {
+            self.send(req, Some(permit))
+        } else {
+            // `shutdown` is owed no answer, so it keeps no slot.
+            drop(permit);
+            self.send(req, None)
         }
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::codec::Framed;
 use super::status::Status;
 use super::ConnectionError;
 use crate::codec::ClientCodec;
-use crate::proto::{ext_response::Msg, ExtRequest, ExtResponse, RequestKind};
+use crate::proto::{ExtRequest, ExtResponse, RequestKind};
 
 /// Any byte stream a connection can run over.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -115,20 +115,6 @@ impl Transport {
     }
 }
 
-/// Whether `resp` is an acceptable answer to a `req` request.
-fn answers(req: RequestKind, resp: &ExtResponse) -> bool {
-    matches!(
-        (req, &resp.msg),
-        (_, Some(Msg::Error(_)))
-            | (RequestKind::Hello, Some(Msg::Ready(_)))
-            | (RequestKind::RegisterTools, Some(Msg::ToolSchemas(_)))
-            | (RequestKind::ToolCall, Some(Msg::ToolResult(_)))
-            | (RequestKind::ServiceQuery, Some(Msg::ServiceQueryResult(_)))
-            | (RequestKind::Configure, Some(Msg::Configured(_)))
-            | (RequestKind::GetSchema, Some(Msg::SchemaResult(_)))
-    )
-}
-
 impl Sink<Tagged> for Transport {
     type Error = ConnectionError;
 
@@ -147,7 +133,7 @@ impl Sink<Tagged> for Transport {
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(this.fail(e.into()))),
                 Poll::Ready(Some(Ok(resp))) => {
                     let e = ConnectionError::Unsolicited {
-                        response: resp.kind_name(),
+                        response: resp.kind(),
                     };
                     return Poll::Ready(Err(this.fail(e)));
                 }
@@ -219,7 +205,7 @@ impl Stream for Transport {
         };
         let Some(slot) = this.pending.pop_front() else {
             let e = ConnectionError::Unsolicited {
-                response: resp.kind_name(),
+                response: resp.kind(),
             };
             return Poll::Ready(Some(Err(this.fail(e))));
         };
@@ -243,10 +229,10 @@ impl Stream for Transport {
             }
             None => {}
         }
-        if !answers(slot.kind, &resp) {
+        if !resp.kind().answers(slot.kind) {
             let e = ConnectionError::WrongResponse {
                 request: slot.kind,
-                response: resp.kind_name(),
+                response: resp.kind(),
             };
             return Poll::Ready(Some(Err(this.fail(e))));
         }

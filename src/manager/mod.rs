@@ -17,6 +17,10 @@
 //! Calls during an outage fail at once with [`CallError::Unavailable`];
 //! tool calls are never replayed.
 //!
+//! [`ServiceManager::builder`] takes user layers that wrap every
+//! per-extension stack, each restart's included (see
+//! [`Builder::layer`]).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -51,63 +55,51 @@
 //! [`shutdown_all`]: ServiceManager::shutdown_all
 //! [`start`]: ServiceManager::start
 //! [`CallError::Unavailable`]: crate::CallError::Unavailable
+//! [`Builder::layer`]: Builder::layer
 
+mod builder;
+mod compat;
 mod slot;
 mod supervisor;
 
-pub use slot::{ServiceState, ServiceStatus};
+pub use builder::Builder;
 pub use supervisor::RestartLimits;
+
+pub use crate::status::{DownReason, ServiceState, ServiceStatus};
 
 pub(crate) use slot::Slot;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use crate::config::ServiceConfig;
-use crate::connector::{Connector, Spawned, Started, Target};
-use crate::error::{CallError, StartError};
-use crate::process::{Paths, StopOutcome};
-use crate::proto::{ext_response::Msg, ExtRequest, ExtResponse};
-use crate::registry::{Conflict, RegisteredTool, Table};
-use crate::router::{Router, ToolCall};
-use crate::stack::ExtensionService;
+use crate::connector::{Connector, Spawned, StartError, Started};
+use crate::process::StopOutcome;
+use crate::proto::{ext_response::Msg, ExtRequest, RequestKind};
+use crate::registry::{Conflict, RegisteredTool};
+use crate::router::{kind_of, CallError, Router, RoutingTable, Unavailable};
 
 /// A service spawned by `spawn_all`, waiting for `handshake_all`.
 type SpawnedSlot = (Arc<Slot>, Result<Spawned, StartError>);
 
-pub(crate) struct Shared {
+/// What the supervisors share: the services, the connector that starts
+/// them, and the router whose table they keep current.
+#[derive(Debug)]
+pub(crate) struct Services {
     pub(crate) connector: Connector,
     pub(crate) slots: BTreeMap<String, Arc<Slot>>,
-    pub(crate) table: RwLock<Arc<Table<Slot>>>,
+    pub(crate) router: Router,
     pub(crate) limits: RestartLimits,
     pub(crate) shutdown: CancellationToken,
-    supervisors: Mutex<JoinSet<()>>,
-    spawned: Mutex<Vec<SpawnedSlot>>,
-    /// Set by the first `spawn_all`: a manager starts its services once.
-    begun: AtomicBool,
 }
 
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("services", &self.slots.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Shared {
-    pub(crate) fn table(&self) -> Arc<Table<Slot>> {
-        self.table.read().expect("table lock poisoned").clone()
-    }
-
+impl Services {
     /// Installs a started incarnation and, if its tools changed, swaps in a
     /// new routing table.
     pub(crate) fn install(&self, slot: &Arc<Slot>, generation: u64, started: Started) {
@@ -117,9 +109,8 @@ impl Shared {
             Err(stale) => {
                 tracing::warn!(service = %slot.name, "a newer start won; stopping the older one");
                 tokio::spawn(async move {
-                    let stale = *stale;
-                    let svc = stale.extension.map(|e| e.service);
-                    stale.process.stop(svc, Duration::ZERO).await;
+                    let conn = stale.extension.as_ref().map(|e| &e.connection);
+                    stale.process.stop(conn, Duration::ZERO).await;
                 });
             }
         }
@@ -130,18 +121,12 @@ impl Shared {
             .slots
             .values()
             .map(|slot| {
-                (
-                    slot,
-                    slot.live.read().expect("slot lock poisoned").tools.clone(),
-                )
+                let tools = slot.live.read().expect("slot lock poisoned").tools.clone();
+                (&slot.endpoint, tools)
             })
             .collect();
-        let table = Table::build(
-            lives
-                .iter()
-                .map(|(slot, tools)| (slot.name.as_str(), tools.as_slice(), *slot)),
-        );
-        *self.table.write().expect("table lock poisoned") = Arc::new(table);
+        let table = RoutingTable::build(lives.iter().map(|(e, tools)| (*e, tools.as_slice())));
+        self.router.install(table);
     }
 
     fn slot(&self, service: &str) -> Result<&Arc<Slot>, CallError> {
@@ -154,14 +139,42 @@ impl Shared {
     }
 }
 
+/// The manager's own state; dropping it (with the last handle) kills
+/// every extension.
+#[derive(Debug)]
+struct Inner {
+    services: Arc<Services>,
+    supervisors: Mutex<JoinSet<()>>,
+    spawned: Mutex<Vec<SpawnedSlot>>,
+    /// Set by the first `spawn_all`: a manager starts its services once.
+    begun: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The supervisors go with `self.supervisors` (aborted); nothing
+        // restarts what is killed here.
+        self.services.shutdown.cancel();
+        for slot in self.services.slots.values() {
+            if let Some(started) = slot.take(Some(Unavailable::ShuttingDown)) {
+                let _ = started.process.signal(nix::sys::signal::Signal::SIGKILL);
+                if let Some(socket) = started.process.socket() {
+                    let _ = std::fs::remove_file(socket);
+                }
+            }
+        }
+    }
+}
+
 /// What [`ServiceManager::start`] achieved.
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct StartReport {
     /// Services that are ready (extensions) or running (gateways).
     pub ready: Vec<String>,
-    /// Services that did not start, with why.
-    pub failed: Vec<(String, StartError)>,
+    /// Services that did not start, with why (the same error their status
+    /// carries).
+    pub failed: Vec<(String, Arc<StartError>)>,
 }
 
 /// Starts, routes to, supervises and stops a set of extension services.
@@ -177,122 +190,17 @@ pub struct StartReport {
 /// outliving the manager then answer `unavailable`.
 #[derive(Debug, Clone)]
 pub struct ServiceManager {
-    shared: Arc<Shared>,
-    _kill_on_drop: Arc<KillOnDrop>,
-}
-
-/// Kills every extension when the last [`ServiceManager`] clone goes.
-#[derive(Debug)]
-struct KillOnDrop(Arc<Shared>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.0.shutdown.cancel();
-        for slot in self.0.slots.values() {
-            if let Some(started) = slot.take() {
-                let _ = started.process.signal(nix::sys::signal::Signal::SIGKILL);
-                if let Some(socket) = started.process.socket() {
-                    let _ = std::fs::remove_file(socket);
-                }
-            }
-        }
-    }
+    inner: Arc<Inner>,
 }
 
 impl ServiceManager {
-    /// A manager for the enabled services of `configs`, with sockets in
-    /// `<config_dir>/services` and logs in `<config_dir>/logs`, as the
-    /// reference laid them out. Starts nothing yet.
-    pub fn new(
-        configs: &BTreeMap<String, ServiceConfig>,
-        config_dir: &Path,
-        daemon_socket: PathBuf,
-    ) -> Self {
-        Self::with_paths(configs, Paths::under(config_dir, daemon_socket))
+    /// A builder for a manager of the enabled services of `configs`.
+    pub fn builder(configs: &BTreeMap<String, ServiceConfig>) -> Builder {
+        Builder::new(configs)
     }
 
-    /// A manager with explicit socket and log folders.
-    pub fn with_paths(configs: &BTreeMap<String, ServiceConfig>, paths: Paths) -> Self {
-        Self::with_limits(configs, paths, RestartLimits::default())
-    }
-
-    /// A manager with explicit restart pacing.
-    pub fn with_limits(
-        configs: &BTreeMap<String, ServiceConfig>,
-        paths: Paths,
-        limits: RestartLimits,
-    ) -> Self {
-        let slots = configs
-            .iter()
-            .filter(|(_, c)| c.enabled)
-            .map(|(name, c)| (name.clone(), Arc::new(Slot::new(name.clone(), c.clone()))))
-            .collect();
-        let shared = Arc::new(Shared {
-            connector: Connector::new(paths),
-            slots,
-            table: RwLock::new(Arc::new(Table::default())),
-            limits,
-            shutdown: CancellationToken::new(),
-            supervisors: Mutex::new(JoinSet::new()),
-            spawned: Mutex::new(Vec::new()),
-            begun: AtomicBool::new(false),
-        });
-        ServiceManager {
-            _kill_on_drop: Arc::new(KillOnDrop(shared.clone())),
-            shared,
-        }
-    }
-
-    /// Spawns every enabled service's process. Failures are kept and
-    /// reported by [`handshake_all`](Self::handshake_all).
-    pub fn spawn_all(&self) {
-        if self.shared.begun.swap(true, Ordering::SeqCst) || self.shared.shutdown.is_cancelled() {
-            tracing::warn!("spawn_all: this manager has already started its services");
-            return;
-        }
-        let mut spawned = self.shared.spawned.lock().expect("lock poisoned");
-        for slot in self.shared.slots.values() {
-            let target = Target::new(slot.name.clone(), slot.config.clone());
-            spawned.push((slot.clone(), self.shared.connector.spawn(target)));
-        }
-    }
-
-    /// Connects to every spawned service and runs the handshakes, all
-    /// concurrently; then supervises them. Returns what started.
-    pub async fn handshake_all(&self) -> StartReport {
-        let spawned = std::mem::take(&mut *self.shared.spawned.lock().expect("lock poisoned"));
-        let readies = spawned.into_iter().map(|(slot, spawned)| async move {
-            let generation = slot.next_generation();
-            let result = match spawned {
-                Ok(s) => s.ready().await,
-                Err(e) => Err(e),
-            };
-            (slot, generation, result)
-        });
-        let results = futures_util::future::join_all(readies).await;
-        let mut report = StartReport::default();
-        let mut supervisors = self.shared.supervisors.lock().expect("lock poisoned");
-        for (slot, generation, result) in results {
-            let first_error = match result {
-                Ok(started) => {
-                    self.shared.install(&slot, generation, started);
-                    report.ready.push(slot.name.clone());
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(service = %slot.name, error = %e, "service did not start");
-                    let text = e.to_string();
-                    report.failed.push((slot.name.clone(), e));
-                    Some(text)
-                }
-            };
-            supervisors.spawn(supervisor::supervise(
-                self.shared.clone(),
-                slot,
-                first_error,
-            ));
-        }
-        report
+    fn shared(&self) -> &Services {
+        &self.inner.services
     }
 
     /// Spawns, handshakes and supervises every enabled service, all
@@ -304,33 +212,33 @@ impl ServiceManager {
 
     /// The router: a `tower::Service<ToolCall>` over every extension.
     pub fn router(&self) -> Router {
-        Router::new(self.shared.clone())
+        self.shared().router.clone()
     }
 
     /// The tool schemas of every known extension, each with its owner, in
     /// service-name order: ready to hand to an LLM API.
     pub fn tools(&self) -> Vec<RegisteredTool> {
-        self.shared.table().tools.clone()
+        self.shared().router.tools()
     }
 
     /// Tools declared by more than one extension, and who kept them.
     pub fn conflicts(&self) -> Vec<Conflict> {
-        self.shared.table().conflicts.clone()
+        self.shared().router.conflicts()
     }
 
     /// The names of the managed (enabled) services.
     pub fn services(&self) -> impl Iterator<Item = &str> {
-        self.shared.slots.keys().map(String::as_str)
+        self.shared().slots.keys().map(String::as_str)
     }
 
     /// The status of one service.
     pub fn status(&self, service: &str) -> Option<ServiceStatus> {
-        self.shared.slots.get(service).map(|s| s.status())
+        self.shared().slots.get(service).map(|s| s.status())
     }
 
     /// The status of every service, by name.
     pub fn statuses(&self) -> BTreeMap<String, ServiceStatus> {
-        self.shared
+        self.shared()
             .slots
             .iter()
             .map(|(n, s)| (n.clone(), s.status()))
@@ -339,10 +247,14 @@ impl ServiceManager {
 
     /// A receiver of one service's status changes.
     pub fn subscribe(&self, service: &str) -> Option<watch::Receiver<ServiceStatus>> {
-        self.shared.slots.get(service).map(|s| s.status.subscribe())
+        self.shared()
+            .slots
+            .get(service)
+            .map(|s| s.status.subscribe())
     }
 
-    /// Waits until `service`'s status satisfies `pred`, and returns it.
+    /// Waits until `service`'s status satisfies `pred`, and returns it;
+    /// `None` for an unknown service.
     pub async fn wait_for(
         &self,
         service: &str,
@@ -353,36 +265,15 @@ impl ServiceManager {
         Some(status)
     }
 
-    /// Calls a tool and answers with the reference's strings: the result,
-    /// or `service error: …`, `service unavailable: …`, `service timeout:
-    /// …`; `None` when no extension offers the tool.
-    pub async fn dispatch_tool(
-        &self,
-        name: &str,
-        args: &str,
-        agent: &str,
-        task_id: Option<u64>,
-    ) -> Option<String> {
-        let call = ToolCall::new(name, args).agent(agent).task_id(task_id);
-        match self.router().oneshot(call).await {
-            Ok(result) => Some(result),
-            Err(CallError::UnknownTool { .. }) => None,
-            Err(CallError::Timeout { service, .. }) => Some(format!("service timeout: {service}")),
-            Err(e) => Some(e.to_string()),
-        }
-    }
-
     async fn request(&self, service: &str, req: ExtRequest) -> Result<Msg, CallError> {
-        let slot = self.shared.slot(service)?;
-        let svc = slot.service().ok_or_else(|| unavailable(slot))?;
-        call_slot(slot, svc, req).await
+        self.shared().slot(service)?.endpoint.request(req).await
     }
 
     /// Sends a service query to `service` (it must declare the query
     /// capability), under its call timeout.
     pub async fn query(&self, service: &str, query: &str) -> Result<String, CallError> {
-        let slot = self.shared.slot(service)?;
-        if slot.service().is_some() && !slot.has_query() {
+        let slot = self.shared().slot(service)?;
+        if slot.endpoint.is_ready() && !slot.has_query() {
             return Err(CallError::UnknownService {
                 service: service.to_owned(),
                 exists: true,
@@ -393,16 +284,21 @@ impl ServiceManager {
             .await?
         {
             Msg::ServiceQueryResult(r) => Ok(r.result),
-            other => Err(unexpected(service, other)),
+            other => Err(slot
+                .endpoint
+                .unexpected(RequestKind::ServiceQuery, kind_of(other))),
         }
     }
 
     /// Asks `service` for its configuration's JSON Schema, under its call
     /// timeout.
     pub async fn schema(&self, service: &str) -> Result<String, CallError> {
+        let slot = self.shared().slot(service)?;
         match self.request(service, ExtRequest::get_schema()).await? {
             Msg::SchemaResult(r) => Ok(r.schema),
-            other => Err(unexpected(service, other)),
+            other => Err(slot
+                .endpoint
+                .unexpected(RequestKind::GetSchema, kind_of(other))),
         }
     }
 
@@ -413,16 +309,17 @@ impl ServiceManager {
     /// A restart in progress is finished (at most its handshake timeout)
     /// and then stopped the same way.
     pub async fn shutdown_all(&self) -> BTreeMap<String, StopOutcome> {
-        self.shared.shutdown.cancel();
+        let services = self.shared();
+        services.shutdown.cancel();
         let mut supervisors =
-            std::mem::take(&mut *self.shared.supervisors.lock().expect("lock poisoned"));
+            std::mem::take(&mut *self.inner.supervisors.lock().expect("lock poisoned"));
         while supervisors.join_next().await.is_some() {}
-        let stops = self.shared.slots.values().filter_map(|slot| {
-            let started = slot.take()?;
+        let stops = services.slots.values().filter_map(|slot| {
+            let started = slot.take(Some(Unavailable::ShuttingDown))?;
             let grace = slot.config.shutdown_grace();
             Some(async move {
-                let svc = started.extension.map(|e| e.service);
-                let outcome = started.process.stop(svc, grace).await;
+                let conn = started.extension.as_ref().map(|e| &e.connection);
+                let outcome = started.process.stop(conn, grace).await;
                 slot.set_status(|s| {
                     s.state = ServiceState::Stopped;
                     s.pid = None;
@@ -434,58 +331,5 @@ impl ServiceManager {
             .await
             .into_iter()
             .collect()
-    }
-}
-
-/// Sends `req` through `svc`, the stack of `slot`'s extension, and returns
-/// the answer's message; an `error` answer is [`CallError::Extension`], a
-/// failure of the stack is mapped by [`CallError::from_stack`].
-pub(crate) async fn call_slot(
-    slot: &Slot,
-    svc: ExtensionService,
-    req: ExtRequest,
-) -> Result<Msg, CallError> {
-    let resp = svc
-        .oneshot(req)
-        .await
-        .map_err(|e| CallError::from_stack(&slot.name, slot.config.call_timeout(), e))?;
-    match resp.msg {
-        Some(Msg::Error(e)) => Err(CallError::Extension {
-            service: slot.name.clone(),
-            message: e.message,
-        }),
-        Some(msg) => Ok(msg),
-        None => Err(CallError::Protocol {
-            service: slot.name.clone(),
-            reason: "empty response".to_owned(),
-        }),
-    }
-}
-
-/// An answer of a kind the request does not take. The connection already
-/// refuses those; this keeps the mapping total.
-pub(crate) fn unexpected(service: &str, msg: Msg) -> CallError {
-    let resp = ExtResponse {
-        msg: Some(msg),
-        ..Default::default()
-    };
-    CallError::Protocol {
-        service: service.to_owned(),
-        reason: format!("unexpected `{}` response", resp.kind_name()),
-    }
-}
-
-pub(crate) fn unavailable(slot: &Slot) -> CallError {
-    let status = slot.status();
-    let reason = match (status.state, &status.error) {
-        // Taken out of service a moment before its status says so.
-        (ServiceState::Ready, _) => "going down".to_owned(),
-        (state, Some(e)) => format!("{}: {e}", state.as_str()),
-        (state, None) => state.as_str().to_owned(),
-    };
-    CallError::Unavailable {
-        service: slot.name.clone(),
-        reason,
-        delivered: false,
     }
 }

@@ -1,58 +1,15 @@
 //! One service's live state: its current incarnation, last known tools and
 //! status.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::ServiceConfig;
 use crate::connector::Started;
-use crate::stack::ExtensionService;
+use crate::router::{Endpoint, Unavailable};
+use crate::status::{ServiceState, ServiceStatus};
 use crate::tool::Tool;
-
-/// Where a service is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ServiceState {
-    /// Being started for the first time.
-    Starting,
-    /// Handshaken and taking calls.
-    Ready,
-    /// Down, and being started again.
-    Restarting,
-    /// Down for good (policy, crash loop, or a start that failed).
-    Failed,
-    /// Stopped by the host, or exited cleanly with no restart due.
-    Stopped,
-}
-
-impl ServiceState {
-    /// The state's name: `starting`, `ready`, `restarting`, `failed` or
-    /// `stopped`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceState::Starting => "starting",
-            ServiceState::Ready => "ready",
-            ServiceState::Restarting => "restarting",
-            ServiceState::Failed => "failed",
-            ServiceState::Stopped => "stopped",
-        }
-    }
-}
-
-/// A service's status, as callers and the `exthost` command see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ServiceStatus {
-    /// Where it is in its life.
-    pub state: ServiceState,
-    /// The current process id, while one runs.
-    pub pid: Option<u32>,
-    /// How many times it was restarted.
-    pub restarts: u32,
-    /// Why it is failed, restarting or stopped, if it went down.
-    pub error: Option<String>,
-}
 
 #[derive(Debug, Default)]
 pub(crate) struct Live {
@@ -68,6 +25,8 @@ pub(crate) struct Live {
 pub(crate) struct Slot {
     pub(crate) name: String,
     pub(crate) config: ServiceConfig,
+    /// What the router routes to; kept in step with `live` and `status`.
+    pub(crate) endpoint: Arc<Endpoint>,
     pub(crate) live: RwLock<Live>,
     pub(crate) status: watch::Sender<ServiceStatus>,
 }
@@ -80,19 +39,14 @@ impl Slot {
             restarts: 0,
             error: None,
         });
+        let endpoint = Endpoint::new(name.as_str()).with_max_queued(config.max_queued);
         Slot {
             name,
             config,
+            endpoint: Arc::new(endpoint),
             live: RwLock::new(Live::default()),
             status,
         }
-    }
-
-    /// The request stack, while the service is ready.
-    pub(crate) fn service(&self) -> Option<ExtensionService> {
-        let live = self.live.read().expect("slot lock poisoned");
-        let ext = live.started.as_ref()?.extension.as_ref()?;
-        Some(ext.service.clone())
     }
 
     pub(crate) fn started(&self) -> Option<Started> {
@@ -132,6 +86,9 @@ impl Slot {
         live.tools = tools;
         live.query = query;
         let pid = started.process.pid();
+        if let Some(ext) = &started.extension {
+            self.endpoint.set_ready(ext.service.clone());
+        }
         live.started = Some(started);
         drop(live);
         self.set_status(|s| {
@@ -142,28 +99,41 @@ impl Slot {
         Ok(changed)
     }
 
-    /// Takes the current incarnation out: calls fail at once from now on.
-    pub(crate) fn take(&self) -> Option<Started> {
-        self.live
-            .write()
-            .expect("slot lock poisoned")
-            .started
-            .take()
+    /// Takes the current incarnation out: calls fail at once from now on,
+    /// with `cause` (or the status, until it changes).
+    pub(crate) fn take(&self, cause: Option<Unavailable>) -> Option<Started> {
+        let mut live = self.live.write().expect("slot lock poisoned");
+        let status = self.status();
+        self.endpoint
+            .set_unavailable(cause.unwrap_or(Unavailable::NotReady {
+                state: status.state,
+                reason: status.error,
+            }));
+        live.started.take()
     }
 
     pub(crate) fn status(&self) -> ServiceStatus {
         self.status.borrow().clone()
     }
 
+    /// Changes the status; calls that find the service not ready quote it.
     pub(crate) fn set_status(&self, change: impl FnOnce(&mut ServiceStatus)) {
         self.status.send_modify(change);
         let s = self.status.borrow();
+        // Ready only through `install`; a service being shut down says so.
+        let shutting_down = matches!(self.endpoint.service(), Err(Unavailable::ShuttingDown));
+        if s.state != ServiceState::Ready && !shutting_down {
+            self.endpoint.set_unavailable(Unavailable::NotReady {
+                state: s.state,
+                reason: s.error.clone(),
+            });
+        }
         tracing::info!(
             service = %self.name,
-            state = ?s.state,
+            state = %s.state,
             pid = s.pid,
             restarts = s.restarts,
-            error = s.error.as_deref(),
+            error = s.error.as_ref().map(tracing::field::display),
             "service status"
         );
     }

@@ -1,18 +1,16 @@
 //! Keeps one service alive per its restart policy.
 
 use std::collections::VecDeque;
-use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::slot::{ServiceState, Slot};
-use super::Shared;
-use crate::client::ConnectionError;
+use super::slot::Slot;
+use super::Services;
 use crate::config::RestartPolicy;
 use crate::connector::{Started, Target};
-use crate::stack::ExtensionService;
+use crate::status::{DownReason, ServiceState};
 
 /// How restarts are paced and when they stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,47 +48,23 @@ impl RestartLimits {
     }
 }
 
-/// Why an incarnation ended.
-enum Down {
-    Exited(ExitStatus),
-    ConnectionLost(ConnectionError),
-    StartFailed(String),
-}
-
-impl Down {
-    fn is_failure(&self) -> bool {
-        match self {
-            Down::Exited(status) => !status.success(),
-            Down::ConnectionLost(_) | Down::StartFailed(_) => true,
-        }
-    }
-
-    fn reason(&self) -> String {
-        match self {
-            Down::Exited(status) => format!("exited: {status}"),
-            Down::ConnectionLost(e) => format!("connection lost: {e}"),
-            Down::StartFailed(e) => format!("start failed: {e}"),
-        }
-    }
-}
-
 /// Waits for the current incarnation to end.
-async fn incarnation_ends(started: &Started) -> Down {
+async fn incarnation_ends(started: &Started) -> DownReason {
     let lost = async {
         match &started.extension {
-            Some(ext) => ext.service.get_ref().get_ref().broken().await,
+            Some(ext) => ext.connection.broken().await,
             None => std::future::pending().await,
         }
     };
     tokio::select! {
-        status = started.process.exited() => Down::Exited(status),
-        e = lost => Down::ConnectionLost(e),
+        status = started.process.exited() => DownReason::Exited(status),
+        e = lost => DownReason::ConnectionLost(e),
     }
 }
 
 /// Settles why an incarnation ended, and makes sure its process is gone.
-async fn settle(started: &Started, cause: Down) -> Down {
-    let Down::ConnectionLost(lost) = cause else {
+async fn settle(started: &Started, cause: DownReason) -> DownReason {
+    let DownReason::ConnectionLost(lost) = cause else {
         return cause;
     };
     // A crash closes the socket a moment before its exit is reaped: prefer
@@ -102,21 +76,18 @@ async fn settle(started: &Started, cause: Down) -> Down {
             .exited_within(crate::process::EXIT_AFTER_CLOSE)
             .await;
         if let Some(status) = exit {
-            return Down::Exited(status);
+            return DownReason::Exited(status);
         }
     }
     // Alive with a broken connection: stop it before starting another.
-    started
-        .process
-        .stop(None::<ExtensionService>, Duration::ZERO)
-        .await;
-    Down::ConnectionLost(lost)
+    started.process.stop(None, Duration::ZERO).await;
+    DownReason::ConnectionLost(lost)
 }
 
-pub(crate) async fn supervise(shared: Arc<Shared>, slot: Arc<Slot>, first: Option<String>) {
+pub(crate) async fn supervise(shared: Arc<Services>, slot: Arc<Slot>, first: Option<DownReason>) {
     let limits = shared.limits;
     let mut recent: VecDeque<Instant> = VecDeque::new();
-    let mut down = first.map(Down::StartFailed);
+    let mut down = first;
     loop {
         let cause = match down.take() {
             Some(cause) => cause,
@@ -129,7 +100,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, slot: Arc<Slot>, first: Optio
                     cause = incarnation_ends(&started) => cause,
                 };
                 // Calls fail at once from here on.
-                slot.take();
+                slot.take(None);
                 settle(&started, cause).await
             }
         };
@@ -141,10 +112,10 @@ pub(crate) async fn supervise(shared: Arc<Shared>, slot: Arc<Slot>, first: Optio
             RestartPolicy::OnFailure => cause.is_failure(),
             RestartPolicy::Always => true,
         };
-        let reason = cause.reason();
+        let reason = cause;
         tracing::warn!(service = %slot.name, %reason, restart, "service went down");
         if !restart {
-            let state = if cause.is_failure() {
+            let state = if reason.is_failure() {
                 ServiceState::Failed
             } else {
                 ServiceState::Stopped
@@ -164,11 +135,11 @@ pub(crate) async fn supervise(shared: Arc<Shared>, slot: Arc<Slot>, first: Optio
             slot.set_status(|s| {
                 s.state = ServiceState::Failed;
                 s.pid = None;
-                s.error = Some(format!(
-                    "crash loop: {} restarts within {:?}; last: {reason}",
-                    recent.len(),
-                    limits.window
-                ));
+                s.error = Some(DownReason::CrashLoop {
+                    restarts: recent.len(),
+                    window: limits.window,
+                    last: Box::new(reason),
+                });
             });
             return;
         }
@@ -191,15 +162,15 @@ pub(crate) async fn supervise(shared: Arc<Shared>, slot: Arc<Slot>, first: Optio
         // and `shutdown_all` waits for this task.
         match shared.connector.start(target).await {
             Ok(started) if shared.shutdown.is_cancelled() => {
-                let svc = started.extension.map(|e| e.service);
+                let conn = started.extension.as_ref().map(|e| &e.connection);
                 started
                     .process
-                    .stop(svc, slot.config.shutdown_grace())
+                    .stop(conn, slot.config.shutdown_grace())
                     .await;
                 return;
             }
             Ok(started) => shared.install(&slot, generation, started),
-            Err(e) => down = Some(Down::StartFailed(e.to_string())),
+            Err(e) => down = Some(DownReason::StartFailed(Arc::new(e))),
         }
     }
 }

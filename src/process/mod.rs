@@ -48,11 +48,10 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
-use tower::ServiceExt;
 
+use crate::client::Connection;
 use crate::config::{ServiceConfig, ServiceKind};
-use crate::error::StartError;
-use crate::proto::{ExtRequest, ExtResponse};
+use crate::connector::StartError;
 
 /// How long to wait for a process's exit after its connection closed, so
 /// that a crash is reported by its exit status.
@@ -284,15 +283,12 @@ impl ProcessHandle {
         log_tail(&self.inner.log, lines)
     }
 
-    /// Stops the process gracefully: sends `shutdown` over `service` (if
-    /// given), waits `grace`; then SIGTERM to its group, waits `grace`; then
-    /// SIGKILL. Always reaps the child and removes its socket.
-    pub async fn stop<S>(&self, service: Option<S>, grace: Duration) -> StopOutcome
-    where
-        S: tower::Service<ExtRequest, Response = ExtResponse>,
-        S::Error: Into<tower::BoxError>,
-    {
-        let outcome = self.stop_inner(service, grace).await;
+    /// Stops the process gracefully: sends `shutdown` over `connection` (if
+    /// given; it takes no in-flight slot), waits `grace`; then SIGTERM to
+    /// its group, waits `grace`; then SIGKILL. Always reaps the child and
+    /// removes its socket.
+    pub async fn stop(&self, connection: Option<&Connection>, grace: Duration) -> StopOutcome {
+        let outcome = self.stop_inner(connection, grace).await;
         if let Some(socket) = &self.inner.socket {
             let _ = std::fs::remove_file(socket);
         }
@@ -300,17 +296,13 @@ impl ProcessHandle {
         outcome
     }
 
-    async fn stop_inner<S>(&self, service: Option<S>, grace: Duration) -> StopOutcome
-    where
-        S: tower::Service<ExtRequest, Response = ExtResponse>,
-        S::Error: Into<tower::BoxError>,
-    {
+    async fn stop_inner(&self, connection: Option<&Connection>, grace: Duration) -> StopOutcome {
         if let Some(status) = self.exit_status() {
             return StopOutcome::AlreadyExited(status);
         }
         let deadline = tokio::time::Instant::now() + grace;
-        if let Some(svc) = service {
-            let send = svc.oneshot(ExtRequest::shutdown());
+        if let Some(connection) = connection {
+            let send = connection.shutdown();
             let _ = tokio::time::timeout_at(deadline, send).await;
             let exited = tokio::time::timeout_at(deadline, self.exited()).await;
             if let Ok(status) = exited {

@@ -2,7 +2,7 @@
 
 use tokio::net::UnixStream;
 
-use crate::error::StartError;
+use crate::connector::StartError;
 
 /// Checks with `SO_PEERCRED` that the peer runs as our user and is the
 /// spawned child or one of its descendants (wrappers that fork are fine).

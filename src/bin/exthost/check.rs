@@ -86,7 +86,7 @@ pub(crate) async fn check(config_json: &str, timeout: Duration, program: &[Strin
         Ok(proc) => {
             run_checks(&mut report, &proc, &config, timeout, &socket).await;
             if proc.exit_status().is_none() {
-                proc.stop(None::<Connection>, Duration::ZERO).await;
+                proc.stop(None, Duration::ZERO).await;
             }
             if report.passed < CHECKS.len() {
                 let tail = proc.log_tail(10);

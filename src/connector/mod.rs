@@ -5,9 +5,16 @@
 //! socket by retrying the connect itself (1 ms, doubling to 25 ms; no
 //! polling of the file), stops waiting the moment the child exits, checks
 //! the peer's credentials, runs the handshake, and yields a [`Started`]
-//! extension: its process handle, what it declared, and its per-extension
-//! stack. Any failure stops the process it spawned and says why, with the
-//! exit status and the end of the log file where there is one.
+//! extension: its process handle, what it declared, a handle to the
+//! connection itself, and its per-extension stack, boxed (an
+//! [`ExtensionService`]) with any layers given to
+//! [`Connector::layer`] inside it. Any failure stops the process it spawned
+//! and says why, with the exit status and the end of the log file where
+//! there is one.
+//!
+//! Each handshake step is bounded by the service's `handshake_timeout`
+//! alone: the handshake runs over the bare connection, not through the call
+//! stack and its `call_timeout`.
 //!
 //! # Example
 //!
@@ -21,10 +28,16 @@
 //! let connector = Connector::new(Paths::runtime_default());
 //! let target = Target::new("search", ServiceConfig::krate("search-ext"));
 //! let started = connector.oneshot(target).await?;
-//! println!("{} offers {} tools", started.name, started.extension.unwrap().info.tools.len());
+//! let ext = started.extension.expect("an extension, not a gateway");
+//! println!("{} offers {} tools", started.name, ext.info.tools.len());
 //! # Ok(()) }
 //! ```
 
+mod error;
+
+pub use error::StartError;
+
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,13 +45,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::UnixStream;
-use tower::Service;
+use tower::{BoxError, Layer, Service};
 
+use crate::client::Connection;
 use crate::config::{ServiceConfig, ServiceKind};
-use crate::error::StartError;
 use crate::handshake::{handshake, ExtensionInfo};
 use crate::process::{self, Paths, ProcessHandle};
-use crate::stack::{ExtensionService, StackBuilder};
+use crate::proto::{ExtRequest, ExtResponse};
+use crate::stack::{ExtensionLayers, ExtensionService, StackBuilder};
 
 const LOG_TAIL_LINES: usize = 20;
 
@@ -75,17 +89,33 @@ pub struct Started {
 
 /// A handshaken extension connection.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Connected {
     /// What the extension declared.
     pub info: ExtensionInfo,
-    /// Its per-extension stack.
+    /// The connection itself, for what is not a request: whether it broke
+    /// ([`Connection::broken`]), its load, whether the extension echoes
+    /// correlation ids, and `shutdown`.
+    pub connection: Connection,
+    /// Its per-extension stack: `Trace ▶ Timeout ▶ [the connector's layers]
+    /// ▶ connection`.
     pub service: ExtensionService,
 }
 
 /// Starts services: spawn, connect, check, handshake.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Connector {
     paths: Arc<Paths>,
+    layers: Option<ExtensionLayers>,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("paths", &self.paths)
+            .field("layers", &self.layers.is_some())
+            .finish()
+    }
 }
 
 impl Connector {
@@ -93,7 +123,73 @@ impl Connector {
     pub fn new(paths: Paths) -> Self {
         Connector {
             paths: Arc::new(paths),
+            layers: None,
         }
+    }
+
+    /// Adds a layer to every per-extension stack this connector builds,
+    /// between the timeout and the connection (see
+    /// [`StackBuilder::layer`]). Layers added first are outermost.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<ExtensionService> + Send + Sync + 'static,
+        L::Service: Service<ExtRequest, Response = ExtResponse> + Clone + Send + Sync + 'static,
+        <L::Service as Service<ExtRequest>>::Error: Into<BoxError>,
+        <L::Service as Service<ExtRequest>>::Future: Send + 'static,
+    {
+        self.layers = Some(crate::stack::add_layer(self.layers.take(), layer));
+        self
+    }
+
+    /// Adds already boxed layers inside those this connector has.
+    pub(crate) fn with_layers(mut self, layers: Option<ExtensionLayers>) -> Self {
+        self.layers = crate::stack::nest(self.layers.take(), layers);
+        self
+    }
+
+    /// The stack builder for `name` with `config`'s limits and this
+    /// connector's layers.
+    pub fn stack(&self, name: &str, config: &ServiceConfig) -> StackBuilder {
+        StackBuilder::new(name)
+            .timeout(config.call_timeout())
+            .max_in_flight(config.max_in_flight())
+            .stuck_margin(Some(config.stuck_margin()))
+            .layers(self.layers.clone())
+    }
+
+    /// Runs the handshake over `io`, an already connected byte stream, under
+    /// `config`'s `handshake_timeout` (each step), and builds the stack.
+    /// For extensions reached some other way than by spawning them.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::Handshake`] naming the step and the limit that fired.
+    pub async fn connect<T>(
+        &self,
+        name: &str,
+        config: &ServiceConfig,
+        io: T,
+    ) -> Result<Connected, StartError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let stack = self.stack(name, config);
+        let connection = stack.connection(io);
+        // Over the bare connection (traced): each step is bounded by the
+        // handshake timeout alone, not by the stack's call timeout.
+        let mut traced = crate::trace::Trace::new(connection.clone(), Arc::from(name));
+        let info = handshake(&mut traced, &config.config, config.handshake_timeout())
+            .await
+            .map_err(|source| StartError::Handshake {
+                service: name.to_owned(),
+                source,
+            })?;
+        let service = stack.service(connection.clone());
+        Ok(Connected {
+            info,
+            connection,
+            service,
+        })
     }
 
     /// Where sockets and logs go.
@@ -110,7 +206,11 @@ impl Connector {
     /// The first half of [`start`](Self::start): spawns the process.
     pub fn spawn(&self, target: Target) -> Result<Spawned, StartError> {
         let process = process::spawn(&target.name, &target.config, &self.paths)?;
-        Ok(Spawned { target, process })
+        Ok(Spawned {
+            target,
+            process,
+            connector: self.clone(),
+        })
     }
 }
 
@@ -119,6 +219,7 @@ impl Connector {
 pub struct Spawned {
     target: Target,
     process: ProcessHandle,
+    connector: Connector,
 }
 
 impl Spawned {
@@ -134,6 +235,7 @@ impl Spawned {
         let Spawned {
             target: Target { name, config },
             process,
+            connector,
         } = self;
         if config.kind == ServiceKind::Gateway {
             return Ok(Started {
@@ -142,7 +244,7 @@ impl Spawned {
                 extension: None,
             });
         }
-        match connect_and_handshake(&name, &config, &process).await {
+        match connect_and_handshake(&connector, &name, &config, &process).await {
             Ok(connected) => Ok(Started {
                 name,
                 process,
@@ -150,7 +252,7 @@ impl Spawned {
             }),
             Err(e) => {
                 // Leave nothing behind.
-                process.stop(None::<ExtensionService>, Duration::ZERO).await;
+                process.stop(None, Duration::ZERO).await;
                 Err(e)
             }
         }
@@ -192,45 +294,37 @@ pub async fn wait_for_socket(
 }
 
 async fn connect_and_handshake(
+    connector: &Connector,
     name: &str,
     config: &ServiceConfig,
     proc: &ProcessHandle,
 ) -> Result<Connected, StartError> {
-    let limit = config.handshake_timeout();
     let early_exit = |status| StartError::ExitedEarly {
         service: name.to_owned(),
         status,
         log_tail: proc.log_tail(LOG_TAIL_LINES),
     };
 
-    let stream = wait_for_socket(name, proc, limit).await?;
+    let stream = wait_for_socket(name, proc, config.handshake_timeout()).await?;
     process::check_peer(name, &stream, proc.pid())?;
 
-    let mut service = StackBuilder::new(name)
-        .timeout(config.call_timeout())
-        .max_in_flight(config.max_in_flight())
-        .stuck_margin(Some(config.stuck_margin()))
-        .build(stream);
-    let info = tokio::select! {
-        info = handshake(&mut service, &config.config, limit) => info,
+    let connected = tokio::select! {
+        connected = connector.connect(name, config, stream) => connected,
         status = proc.exited() => return Err(early_exit(status)),
     };
-    let info = match info {
-        Ok(info) => info,
-        Err(source) => {
+    let connected = match connected {
+        Ok(connected) => connected,
+        Err(e) => {
             // A process that exits mid-handshake closes the socket a moment
             // before its exit is reaped: report the exit if it follows.
             if let Some(status) = proc.exited_within(process::EXIT_AFTER_CLOSE).await {
                 return Err(early_exit(status));
             }
-            return Err(StartError::Handshake {
-                service: name.to_owned(),
-                source,
-            });
+            return Err(e);
         }
     };
-    tracing::info!(service = %name, tools = info.tools.len(), pid = proc.pid(), "extension ready");
-    Ok(Connected { info, service })
+    tracing::info!(service = %name, tools = connected.info.tools.len(), pid = proc.pid(), "extension ready");
+    Ok(connected)
 }
 
 impl Service<Target> for Connector {

@@ -1,0 +1,223 @@
+//! The router: one `tower::Service<ToolCall>` over every extension, keyed
+//! by tool name.
+//!
+//! In the spirit of tower's `Steer`, but it readies only the extension that
+//! owns the tool: `Steer` waits for *every* inner service to be ready,
+//! which with one request in flight per extension is head-of-line blocking
+//! across all tools. Here a slow or busy extension never delays calls to
+//! another.
+//!
+//! The router holds only its [`RoutingTable`]: tool names to
+//! [`Endpoint`]s, each with its service's current boxed stack. Whoever runs
+//! the services (the [`ServiceManager`](crate::manager::ServiceManager))
+//! builds a new table when tool lists change and [`install`](Router::install)s
+//! it atomically; every clone of the router sees it.
+//!
+//! # Readiness
+//!
+//! [`Router::poll_ready`](tower::Service::poll_ready) is always ready, like
+//! tower's `Buffer`: which service a call needs is known only from the
+//! call, so the router cannot wait for it in `poll_ready` without blocking
+//! calls to every other service. The wait for the owner's in-flight slot
+//! happens inside the call, under the owner's call deadline, and an
+//! endpoint's optional `max_queued` bounds how many calls may wait: one
+//! beyond it fails at once with [`CallError::Overloaded`] (never sent, safe
+//! to retry). Put load shedding *inside* the per-extension stack (a
+//! [`ServiceManager`](crate::manager::ServiceManager) layer), where
+//! readiness is real.
+//!
+//! Errors are typed ([`CallError`]); calls to an extension that is down fail
+//! at once with [`CallError::Unavailable`], and calls are never replayed.
+//!
+//! # Example
+//!
+//! A router over in-process services, no processes involved:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use exthost::proto::{ExtRequest, ExtResponse};
+//! use exthost::router::{Endpoint, Router, RoutingTable, ToolCall};
+//! use exthost::stack::ExtensionService;
+//! use exthost::Tool;
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), exthost::CallError> {
+//! let upper = ExtensionService::new(service_fn(|req: ExtRequest| async move {
+//!     let args = req.as_tool_call().map(|c| c.args.to_uppercase()).unwrap_or_default();
+//!     Ok::<_, tower::BoxError>(ExtResponse::tool_result(args))
+//! }));
+//! let endpoint = Arc::new(Endpoint::ready("text", upper));
+//! let tools = [Tool::new("upper", "Upper-cases", serde_json::json!({"type": "object"}))];
+//!
+//! let router = Router::new();
+//! router.install(RoutingTable::build([(&endpoint, &tools[..])]));
+//! let answer = router.clone().oneshot(ToolCall::new("upper", "hi")).await?;
+//! assert_eq!(answer, "HI");
+//! let err = router.oneshot(ToolCall::new("lower", "hi")).await.unwrap_err();
+//! assert!(matches!(err, exthost::CallError::UnknownTool { .. }));
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod table;
+
+pub use error::{CallError, Unavailable};
+pub use table::{Endpoint, RoutingTable};
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use tower::Service;
+
+use crate::proto::{ext_response::Msg, ExtRequest, RequestKind};
+use crate::registry::{Conflict, RegisteredTool};
+
+/// A tool call: name, JSON arguments, the calling agent, an optional task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ToolCall {
+    /// The tool's name.
+    pub name: String,
+    /// Its arguments, as JSON text.
+    pub args: String,
+    /// The agent making the call.
+    pub agent: String,
+    /// The task the call belongs to, if any.
+    pub task_id: Option<u64>,
+}
+
+impl ToolCall {
+    /// A call with no agent and no task.
+    pub fn new(name: impl Into<String>, args: impl Into<String>) -> Self {
+        ToolCall {
+            name: name.into(),
+            args: args.into(),
+            agent: String::new(),
+            task_id: None,
+        }
+    }
+
+    /// Sets the agent.
+    pub fn agent(mut self, agent: impl Into<String>) -> Self {
+        self.agent = agent.into();
+        self
+    }
+
+    /// Sets the task id.
+    pub fn task_id(mut self, task_id: Option<u64>) -> Self {
+        self.task_id = task_id;
+        self
+    }
+}
+
+/// Routes each [`ToolCall`] to the endpoint that owns the tool.
+///
+/// Cheap to clone; clones share the table.
+#[derive(Clone, Default)]
+pub struct Router {
+    table: Arc<RwLock<Arc<RoutingTable>>>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("tools", &self.table().tools().len())
+            .finish()
+    }
+}
+
+impl Router {
+    /// A router with an empty table: every call is an unknown tool until a
+    /// table is installed.
+    pub fn new() -> Self {
+        Router::default()
+    }
+
+    /// Replaces the table, atomically for every clone: calls routed from
+    /// now on use `table`; calls already routed finish where they went.
+    pub fn install(&self, table: RoutingTable) {
+        *self.table.write().expect("routing table lock poisoned") = Arc::new(table);
+    }
+
+    /// The table in force.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table
+            .read()
+            .expect("routing table lock poisoned")
+            .clone()
+    }
+
+    /// Every routed tool with its owner, in service-name order.
+    pub fn tools(&self) -> Vec<RegisteredTool> {
+        self.table().tools().to_vec()
+    }
+
+    /// Tools declared by more than one service, and who kept them.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        self.table().conflicts().to_vec()
+    }
+
+    fn route(&self, tool: &str) -> Option<Arc<Endpoint>> {
+        let table = self.table.read().expect("routing table lock poisoned");
+        table.route(tool).cloned()
+    }
+}
+
+/// The future of a [`Router`] call.
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<String, CallError>> + Send>>,
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<String, CallError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl Service<ToolCall> for Router {
+    type Response = String;
+    type Error = CallError;
+    type Future = ResponseFuture;
+
+    /// Always ready: see [Readiness](self#readiness).
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: ToolCall) -> ResponseFuture {
+        let inner: Pin<Box<dyn Future<Output = _> + Send>> = match self.route(&call.name) {
+            None => Box::pin(std::future::ready(Err(CallError::UnknownTool {
+                tool: call.name,
+            }))),
+            Some(endpoint) => Box::pin(async move {
+                let req =
+                    ExtRequest::tool_call_full(call.name, call.args, call.agent, call.task_id);
+                match endpoint.request(req).await? {
+                    Msg::ToolResult(r) => Ok(r.result),
+                    other => Err(endpoint.unexpected(RequestKind::ToolCall, kind_of(other))),
+                }
+            }),
+        };
+        ResponseFuture { inner }
+    }
+}
+
+/// The kind of a response message.
+pub(crate) fn kind_of(msg: Msg) -> crate::proto::ResponseKind {
+    crate::proto::ExtResponse {
+        msg: Some(msg),
+        ..Default::default()
+    }
+    .kind()
+}

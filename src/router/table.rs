@@ -1,0 +1,260 @@
+//! The routing table: tool names to [`Endpoint`]s, and the tool list that
+//! goes with it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::Poll;
+
+use tower::Service;
+
+use super::error::{CallError, Unavailable};
+use crate::client::ConnectionError;
+use crate::proto::{ext_response::Msg, ExtRequest, ResponseKind};
+use crate::registry::{is_portable_tool_name, Conflict, RegisteredTool};
+use crate::stack::ExtensionService;
+use crate::status::ServiceState;
+use crate::tool::Tool;
+
+/// One service as the router sees it: its current request stack, or why
+/// it has none, and how many calls may wait for it.
+///
+/// Whoever runs the service (the
+/// [`ServiceManager`](crate::manager::ServiceManager)) installs a new stack
+/// with [`set_ready`](Self::set_ready) after each start and marks it
+/// [`set_unavailable`](Self::set_unavailable) when it goes down; calls see
+/// the change at once.
+pub struct Endpoint {
+    name: Arc<str>,
+    state: RwLock<Result<ExtensionService, Unavailable>>,
+    max_queued: Option<usize>,
+    waiting: AtomicUsize,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("name", &self.name)
+            .field("ready", &self.is_ready())
+            .field("max_queued", &self.max_queued)
+            .field("waiting", &self.waiting())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// A service that is not ready yet (`starting`).
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Endpoint {
+            name: name.into(),
+            state: RwLock::new(Err(Unavailable::NotReady {
+                state: ServiceState::Starting,
+                reason: None,
+            })),
+            max_queued: None,
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// A service that is ready with `service`.
+    pub fn ready(name: impl Into<Arc<str>>, service: ExtensionService) -> Self {
+        let endpoint = Endpoint::new(name);
+        endpoint.set_ready(service);
+        endpoint
+    }
+
+    /// At most `max` calls may wait for the service to become ready (for an
+    /// in-flight slot); a call beyond that fails at once with
+    /// [`CallError::Overloaded`]. `None` (the default) lets any number wait,
+    /// each within its deadline.
+    pub fn with_max_queued(mut self, max: Option<usize>) -> Self {
+        self.max_queued = max;
+        self
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Routes calls to `service` from now on.
+    pub fn set_ready(&self, service: ExtensionService) {
+        *self.state.write().expect("endpoint lock poisoned") = Ok(service);
+    }
+
+    /// Fails calls with `cause` from now on.
+    pub fn set_unavailable(&self, cause: Unavailable) {
+        *self.state.write().expect("endpoint lock poisoned") = Err(cause);
+    }
+
+    /// Whether calls are routed to a stack.
+    pub fn is_ready(&self) -> bool {
+        self.state.read().expect("endpoint lock poisoned").is_ok()
+    }
+
+    /// Calls waiting for the service to become ready.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The current stack, or why there is none.
+    pub fn service(&self) -> Result<ExtensionService, Unavailable> {
+        self.state.read().expect("endpoint lock poisoned").clone()
+    }
+
+    /// Sends `req` to the service and returns the answer's message.
+    ///
+    /// Waits for readiness (an in-flight slot) under the stack's deadline,
+    /// counted against `max_queued`; then calls.
+    ///
+    /// # Errors
+    ///
+    /// An `error` answer is [`CallError::Extension`]; a service that is
+    /// down, [`CallError::Unavailable`] (not delivered); too many waiting,
+    /// [`CallError::Overloaded`]; a failure of the stack is sorted out by
+    /// [`CallError::from_stack`].
+    pub async fn request(&self, req: ExtRequest) -> Result<Msg, CallError> {
+        let kind = req.kind();
+        let mut svc = self.service().map_err(|cause| CallError::Unavailable {
+            service: self.name.to_string(),
+            cause,
+            delivered: false,
+        })?;
+        self.wait_ready(&mut svc).await?;
+        let resp = svc
+            .call(req)
+            .await
+            .map_err(|e| CallError::from_stack(&self.name, e, true))?;
+        match resp.msg {
+            Some(Msg::Error(e)) => Err(CallError::Extension {
+                service: self.name.to_string(),
+                message: e.message,
+            }),
+            Some(msg) => Ok(msg),
+            None => Err(self.unexpected(kind, ResponseKind::Empty)),
+        }
+    }
+
+    /// Waits until `svc` is ready, counting this call as waiting while it is
+    /// not.
+    async fn wait_ready(&self, svc: &mut ExtensionService) -> Result<(), CallError> {
+        let mut queued: Option<Queued<'_>> = None;
+        let mut overloaded = None;
+        let ready = std::future::poll_fn(|cx| match svc.poll_ready(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => {
+                if let (None, Some(max)) = (&queued, self.max_queued) {
+                    let before = self.waiting.fetch_add(1, Ordering::AcqRel);
+                    queued = Some(Queued(&self.waiting));
+                    if before >= max {
+                        overloaded = Some(before);
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Pending
+            }
+        })
+        .await;
+        drop(queued);
+        if let Some(waiting) = overloaded {
+            return Err(CallError::Overloaded {
+                service: self.name.to_string(),
+                waiting,
+            });
+        }
+        ready.map_err(|e| CallError::from_stack(&self.name, e, false))
+    }
+
+    /// An answer of a kind the request does not take. The connection
+    /// already refuses those; this keeps the mapping total.
+    pub(crate) fn unexpected(
+        &self,
+        request: crate::proto::RequestKind,
+        got: ResponseKind,
+    ) -> CallError {
+        CallError::Protocol {
+            service: self.name.to_string(),
+            source: ConnectionError::WrongResponse {
+                request,
+                response: got,
+            },
+        }
+    }
+}
+
+/// One call counted as waiting, until dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Routes from tool names to [`Endpoint`]s, with the tool list to hand to
+/// an LLM and the collisions that were resolved.
+///
+/// Collisions are resolved deterministically and visibly: when two services
+/// declare the same tool, the one first in service-name order keeps it; the
+/// other's is left out, logged as a warning, and listed in
+/// [`conflicts`](Self::conflicts). Tool names outside
+/// `^[a-zA-Z0-9_-]{1,64}$` (the limit of common LLM APIs) are warned about.
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    routes: HashMap<String, Arc<Endpoint>>,
+    tools: Vec<RegisteredTool>,
+    conflicts: Vec<Conflict>,
+}
+
+impl RoutingTable {
+    /// Builds a table from every service's endpoint and tools, whatever
+    /// their order.
+    pub fn build<'a>(services: impl IntoIterator<Item = (&'a Arc<Endpoint>, &'a [Tool])>) -> Self {
+        let mut services: Vec<_> = services.into_iter().collect();
+        services.sort_by(|a, b| a.0.name().cmp(b.0.name()));
+        let mut table = RoutingTable::default();
+        let mut owner: HashMap<&str, &str> = HashMap::new();
+        for (endpoint, tools) in &services {
+            let service = endpoint.name();
+            for tool in *tools {
+                if let Some(kept) = owner.get(tool.name.as_str()) {
+                    if *kept != service {
+                        tracing::warn!(tool = %tool.name, kept = %kept, dropped = %service, "tool declared by two extensions; the first in name order keeps it");
+                        table.conflicts.push(Conflict {
+                            tool: tool.name.clone(),
+                            kept: (*kept).to_owned(),
+                            dropped: service.to_owned(),
+                        });
+                    }
+                    continue;
+                }
+                if !is_portable_tool_name(&tool.name) {
+                    tracing::warn!(tool = %tool.name, %service, "tool name does not fit ^[a-zA-Z0-9_-]{{1,64}}$; LLM APIs may refuse it");
+                }
+                owner.insert(&tool.name, service);
+                table.routes.insert(tool.name.clone(), Arc::clone(endpoint));
+                table.tools.push(RegisteredTool {
+                    service: service.to_owned(),
+                    tool: tool.clone(),
+                });
+            }
+        }
+        table
+    }
+
+    /// The endpoint that owns `tool`.
+    pub fn route(&self, tool: &str) -> Option<&Arc<Endpoint>> {
+        self.routes.get(tool)
+    }
+
+    /// Every routed tool with its owner, in service-name order.
+    pub fn tools(&self) -> &[RegisteredTool] {
+        &self.tools
+    }
+
+    /// Tools declared by more than one service, and who kept them.
+    pub fn conflicts(&self) -> &[Conflict] {
+        &self.conflicts
+    }
+}
