@@ -8,9 +8,10 @@
 //! reverse) are reported in [`ExtensionInfo::mismatches`].
 //!
 //! The steps are also public on their own — [`hello`], [`configure`] and
-//! [`register_tools`] — for tools that need to look at each answer.
-//! [`handshake`] is exactly these three in order, with the version check
-//! of [`Ready::check_version`] after `hello`.
+//! [`register_tools`] — for tools that need to look at each answer, such as
+//! the [conformance checks](crate::conformance). [`handshake`] is exactly
+//! these three in order, with the version check of [`Ready::check_version`]
+//! after `hello`.
 //!
 //! # Time limits
 //!

@@ -18,6 +18,8 @@
 //!   in-flight limit).
 //! - [`handshake`]: `hello`, `configure`, `register_tools`.
 //! - [`server`]: the extension's side, for extension authors.
+//! - [`conformance`]: the checks `exthost check` runs, for extension
+//!   authors' own tests.
 //! - [`config`], [`process`] and [`connector`]: from a service's
 //!   configuration to a running, handshaken extension process, and back.
 //! - [`registry`], [`router`] and [`manager`]: every extension behind one
@@ -64,6 +66,7 @@
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod conformance;
 pub mod connector;
 mod error;
 pub mod handshake;
