@@ -1,11 +1,26 @@
 //! The host's handshake: `hello`, `configure`, `register_tools`.
 //!
 //! [`handshake`] runs the three steps over any request service, each under
-//! its own timeout, and returns what the extension declared as an
+//! its own time limit, and returns what the extension declared as an
 //! [`ExtensionInfo`]. Every failure is a typed [`HandshakeError`]
 //! naming the step; unparseable tool schemas are errors naming the tool, and
 //! tools declared in the capabilities but missing from the schemas (or the
 //! reverse) are reported in [`ExtensionInfo::mismatches`].
+//!
+//! The steps are also public on their own — [`hello`], [`configure`] and
+//! [`register_tools`] — for tools that need to look at each answer, such as
+//! the [conformance checks](crate::conformance). [`handshake`] is exactly
+//! these three in order, with the version check of [`Ready::check_version`]
+//! after `hello`.
+//!
+//! # Time limits
+//!
+//! Each step is given `step_timeout`. [`HandshakeError::Timeout`] means that
+//! limit passed, and names the step and the limit. A service with a time
+//! limit of its own (a `tower::timeout::Timeout` layer, say) may give up
+//! first: that is the service failing, reported as
+//! [`HandshakeError::Transport`] with the service's error (tower's
+//! `Elapsed`) as the source, never as the handshake's own timeout.
 //!
 //! # Example
 //!
@@ -31,6 +46,34 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The same, one step at a time:
+//!
+//! ```
+//! use std::time::Duration;
+//! use exthost::handshake::{configure, hello, register_tools};
+//! use exthost::server::{Call, Extension};
+//! use exthost::{client::Connection, Tool};
+//! use tower::service_fn;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (host_io, ext_io) = tokio::io::duplex(4096);
+//! # let ext = Extension::new("demo").tool(Tool::new("echo", "Echo", serde_json::json!({})));
+//! # tokio::spawn(ext.serve_connection(ext_io, service_fn(|_call: Call| async {
+//! #     Ok::<_, std::convert::Infallible>(String::new())
+//! # })));
+//! let mut conn = Connection::new(host_io);
+//! let limit = Duration::from_secs(10);
+//! let ready = hello(&mut conn, limit).await?;
+//! ready.check_version()?;
+//! assert_eq!(ready.declared_tools().collect::<Vec<_>>(), ["echo"]);
+//! configure(&mut conn, &serde_json::json!({}), limit).await?;
+//! let defs = register_tools(&mut conn, limit).await?;
+//! assert_eq!(defs[0].name, "echo");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -39,7 +82,8 @@ use std::time::Duration;
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::proto::{
-    capability::Cap, ext_response::Msg, Capability, ExtRequest, ExtResponse, PROTOCOL_VERSION,
+    capability::Cap, ext_response::Msg, Capability, ExtRequest, ExtResponse, ResponseKind, ToolDef,
+    PROTOCOL_VERSION,
 };
 use crate::tool::{BadToolSchema, Tool};
 
@@ -71,12 +115,12 @@ impl fmt::Display for Step {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandshakeError {
-    /// A step got no answer in time.
+    /// The step's own time limit passed without an answer.
     #[error("handshake timed out at `{step}` after {after:?}")]
     Timeout {
         /// The step that timed out.
         step: Step,
-        /// The time allowed.
+        /// The step's time limit: the `step_timeout` it was given.
         after: Duration,
     },
     /// The extension answered a step with an `error` response.
@@ -93,7 +137,7 @@ pub enum HandshakeError {
         /// The step.
         step: Step,
         /// The kind of response that arrived.
-        got: &'static str,
+        got: ResponseKind,
     },
     /// The extension speaks an incompatible protocol version.
     #[error("incompatible protocol version: host speaks {ours}, extension speaks {theirs:?}")]
@@ -109,12 +153,16 @@ pub enum HandshakeError {
     /// The service's configuration could not be serialized.
     #[error("service configuration is not serializable: {0}")]
     Config(#[source] serde_json::Error),
-    /// The connection failed during a step.
-    #[error("connection failed during `{step}`: {source}")]
+    /// The request service failed during a step: the connection broke, or
+    /// a layer of the service gave up.
+    #[error("`{step}` failed: {source}")]
     Transport {
         /// The step.
         step: Step,
-        /// The cause, typically a [`ConnectionError`](crate::client::ConnectionError).
+        /// The service's error: typically a
+        /// [`ConnectionError`](crate::client::ConnectionError), or tower's
+        /// [`Elapsed`](tower::timeout::error::Elapsed) when the service's
+        /// own time limit passed before the step's.
         #[source]
         source: BoxError,
     },
@@ -139,6 +187,43 @@ impl fmt::Display for ToolMismatch {
     }
 }
 
+/// What an extension answered to `hello`: the first step's result.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Ready {
+    /// The service name.
+    pub service: String,
+    /// The protocol version the extension speaks.
+    pub version: String,
+    /// Its capabilities.
+    pub capabilities: Vec<Capability>,
+}
+
+impl Ready {
+    /// Whether the extension answers `service_query`.
+    pub fn has_query(&self) -> bool {
+        has_query(&self.capabilities)
+    }
+
+    /// The tool names the `tools` capability declares.
+    pub fn declared_tools(&self) -> impl Iterator<Item = &str> {
+        declared_tools(&self.capabilities)
+    }
+
+    /// Fails with [`HandshakeError::Version`] unless the extension's
+    /// version is [compatible](version_compatible) with this host's.
+    pub fn check_version(&self) -> Result<(), HandshakeError> {
+        if version_compatible(&self.version) {
+            Ok(())
+        } else {
+            Err(HandshakeError::Version {
+                ours: PROTOCOL_VERSION,
+                theirs: self.version.clone(),
+            })
+        }
+    }
+}
+
 /// What an extension declared during its handshake.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -158,21 +243,46 @@ pub struct ExtensionInfo {
 impl ExtensionInfo {
     /// Whether the extension answers `service_query`.
     pub fn has_query(&self) -> bool {
-        self.capabilities
-            .iter()
-            .any(|c| matches!(c.cap, Some(Cap::Query(_))))
+        has_query(&self.capabilities)
     }
 
     /// The tool names the `tools` capability declares.
     pub fn declared_tools(&self) -> impl Iterator<Item = &str> {
-        self.capabilities
-            .iter()
-            .flat_map(|c| match &c.cap {
-                Some(Cap::Tools(list)) => list.names.as_slice(),
-                _ => &[],
-            })
-            .map(String::as_str)
+        declared_tools(&self.capabilities)
     }
+}
+
+fn has_query(capabilities: &[Capability]) -> bool {
+    capabilities
+        .iter()
+        .any(|c| matches!(c.cap, Some(Cap::Query(_))))
+}
+
+fn declared_tools(capabilities: &[Capability]) -> impl Iterator<Item = &str> {
+    capabilities
+        .iter()
+        .flat_map(|c| match &c.cap {
+            Some(Cap::Tools(list)) => list.names.as_slice(),
+            _ => &[],
+        })
+        .map(String::as_str)
+}
+
+/// The disagreements between the tools a `ready` declares and the tools
+/// `schemas` describes: declared ones without a schema first, then
+/// undeclared ones, each in name order.
+pub(crate) fn tool_mismatches(ready: &Ready, schemas: &[ToolDef]) -> Vec<ToolMismatch> {
+    let declared: BTreeSet<&str> = ready.declared_tools().collect();
+    let sent: BTreeSet<&str> = schemas.iter().map(|t| t.name.as_str()).collect();
+    let mut mismatches: Vec<ToolMismatch> = declared
+        .difference(&sent)
+        .map(|t| ToolMismatch::MissingSchema((*t).to_owned()))
+        .collect();
+    mismatches.extend(
+        sent.difference(&declared)
+            .map(|t| ToolMismatch::Undeclared((*t).to_owned())),
+    );
+    mismatches
 }
 
 /// Whether an extension speaking `theirs` can talk to this host.
@@ -190,32 +300,28 @@ pub fn version_compatible(theirs: &str) -> bool {
     }
 }
 
+/// Sends `req` over `svc` and waits for the answer, up to `limit`.
+///
+/// Only the expiry of `limit` is a [`HandshakeError::Timeout`]; any error of
+/// the service, its own timeout included, is a
+/// [`HandshakeError::Transport`] carrying that error.
 async fn step<S>(
     svc: &mut S,
     step: Step,
     req: ExtRequest,
-    timeout: Duration,
+    limit: Duration,
 ) -> Result<ExtResponse, HandshakeError>
 where
     S: Service<ExtRequest, Response = ExtResponse>,
     S::Error: Into<BoxError>,
 {
     let call = async { svc.ready().await?.call(req).await };
-    match tokio::time::timeout(timeout, call).await {
-        Err(_) => Err(HandshakeError::Timeout {
+    match tokio::time::timeout(limit, call).await {
+        Err(_) => Err(HandshakeError::Timeout { step, after: limit }),
+        Ok(Err(e)) => Err(HandshakeError::Transport {
             step,
-            after: timeout,
+            source: e.into(),
         }),
-        Ok(Err(e)) => {
-            let source: BoxError = e.into();
-            if source.is::<tower::timeout::error::Elapsed>() {
-                return Err(HandshakeError::Timeout {
-                    step,
-                    after: timeout,
-                });
-            }
-            Err(HandshakeError::Transport { step, source })
-        }
         Ok(Ok(resp)) => match resp.msg {
             Some(Msg::Error(e)) => Err(HandshakeError::Refused {
                 step,
@@ -229,12 +335,76 @@ where
 fn unexpected(step: Step, resp: &ExtResponse) -> HandshakeError {
     HandshakeError::Unexpected {
         step,
-        got: resp.kind_name(),
+        got: resp.kind(),
     }
 }
 
-/// Runs the handshake over `svc`: `hello`, then `configure` with `config`
-/// as JSON text, then `register_tools`, each step under `step_timeout`.
+/// The first step: sends `hello` with this host's [`PROTOCOL_VERSION`] and
+/// returns the extension's `ready`, within `step_timeout`.
+///
+/// The version is returned, not judged: call [`Ready::check_version`] (as
+/// [`handshake`] does) to refuse an incompatible extension.
+pub async fn hello<S>(svc: &mut S, step_timeout: Duration) -> Result<Ready, HandshakeError>
+where
+    S: Service<ExtRequest, Response = ExtResponse>,
+    S::Error: Into<BoxError>,
+{
+    let req = ExtRequest::hello(PROTOCOL_VERSION);
+    let resp = step(svc, Step::Hello, req, step_timeout).await?;
+    match resp.msg {
+        Some(Msg::Ready(ready)) => Ok(Ready {
+            service: ready.service,
+            version: ready.version,
+            capabilities: ready.capabilities,
+        }),
+        _ => Err(unexpected(Step::Hello, &resp)),
+    }
+}
+
+/// The second step: sends `configure` with `config` as JSON text and waits
+/// for `configured`, within `step_timeout`.
+pub async fn configure<S>(
+    svc: &mut S,
+    config: &serde_json::Value,
+    step_timeout: Duration,
+) -> Result<(), HandshakeError>
+where
+    S: Service<ExtRequest, Response = ExtResponse>,
+    S::Error: Into<BoxError>,
+{
+    let config = serde_json::to_string(config).map_err(HandshakeError::Config)?;
+    let req = ExtRequest::configure(config);
+    let resp = step(svc, Step::Configure, req, step_timeout).await?;
+    match resp.msg {
+        Some(Msg::Configured(_)) => Ok(()),
+        _ => Err(unexpected(Step::Configure, &resp)),
+    }
+}
+
+/// The third step: sends `register_tools` and returns the tool schemas as
+/// sent, within `step_timeout`.
+///
+/// The schemas are not parsed here; [`Tool::from_def`] parses one, and
+/// [`handshake`] parses them all.
+pub async fn register_tools<S>(
+    svc: &mut S,
+    step_timeout: Duration,
+) -> Result<Vec<ToolDef>, HandshakeError>
+where
+    S: Service<ExtRequest, Response = ExtResponse>,
+    S::Error: Into<BoxError>,
+{
+    let req = ExtRequest::register_tools();
+    let resp = step(svc, Step::RegisterTools, req, step_timeout).await?;
+    match resp.msg {
+        Some(Msg::ToolSchemas(schemas)) => Ok(schemas.tools),
+        _ => Err(unexpected(Step::RegisterTools, &resp)),
+    }
+}
+
+/// Runs the handshake over `svc`: [`hello`] (and the version check), then
+/// [`configure`] with `config`, then [`register_tools`], each step under
+/// `step_timeout`.
 pub async fn handshake<S>(
     svc: &mut S,
     config: &serde_json::Value,
@@ -244,73 +414,24 @@ where
     S: Service<ExtRequest, Response = ExtResponse>,
     S::Error: Into<BoxError>,
 {
-    let config = serde_json::to_string(config).map_err(HandshakeError::Config)?;
+    let ready = hello(svc, step_timeout).await?;
+    ready.check_version()?;
+    configure(svc, config, step_timeout).await?;
+    let defs = register_tools(svc, step_timeout).await?;
 
-    let resp = step(
-        svc,
-        Step::Hello,
-        ExtRequest::hello(PROTOCOL_VERSION),
-        step_timeout,
-    )
-    .await?;
-    let Some(Msg::Ready(ready)) = resp.msg else {
-        return Err(unexpected(Step::Hello, &resp));
-    };
-    if !version_compatible(&ready.version) {
-        return Err(HandshakeError::Version {
-            ours: PROTOCOL_VERSION,
-            theirs: ready.version,
-        });
-    }
-
-    let resp = step(
-        svc,
-        Step::Configure,
-        ExtRequest::configure(config),
-        step_timeout,
-    )
-    .await?;
-    if !matches!(resp.msg, Some(Msg::Configured(_))) {
-        return Err(unexpected(Step::Configure, &resp));
-    }
-
-    let resp = step(
-        svc,
-        Step::RegisterTools,
-        ExtRequest::register_tools(),
-        step_timeout,
-    )
-    .await?;
-    let Some(Msg::ToolSchemas(schemas)) = resp.msg else {
-        return Err(unexpected(Step::RegisterTools, &resp));
-    };
-    let tools = schemas
-        .tools
+    let mismatches = tool_mismatches(&ready, &defs);
+    let tools = defs
         .into_iter()
         .map(Tool::from_def)
         .collect::<Result<Vec<_>, _>>()?;
-
-    let mut ext = ExtensionInfo {
+    for m in &mismatches {
+        tracing::warn!(service = %ready.service, "{m}");
+    }
+    Ok(ExtensionInfo {
         service: ready.service,
         version: ready.version,
         capabilities: ready.capabilities,
         tools,
-        mismatches: Vec::new(),
-    };
-    let declared: BTreeSet<&str> = ext.declared_tools().collect();
-    let schemas: BTreeSet<&str> = ext.tools.iter().map(|t| t.name.as_str()).collect();
-    let mut mismatches: Vec<ToolMismatch> = declared
-        .difference(&schemas)
-        .map(|t| ToolMismatch::MissingSchema((*t).to_owned()))
-        .collect();
-    mismatches.extend(
-        schemas
-            .difference(&declared)
-            .map(|t| ToolMismatch::Undeclared((*t).to_owned())),
-    );
-    for m in &mismatches {
-        tracing::warn!(service = %ext.service, "{m}");
-    }
-    ext.mismatches = mismatches;
-    Ok(ext)
+        mismatches,
+    })
 }

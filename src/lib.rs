@@ -18,6 +18,8 @@
 //!   in-flight limit).
 //! - [`handshake`]: `hello`, `configure`, `register_tools`.
 //! - [`server`]: the extension's side, for extension authors.
+//! - [`conformance`]: the checks `exthost check` runs, for extension
+//!   authors' own tests.
 //! - [`config`], [`process`] and [`connector`]: from a service's
 //!   configuration to a running, handshaken extension process, and back.
 //! - [`status`]: where a service is in its life, and why it went down.
@@ -68,6 +70,7 @@
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod conformance;
 pub mod connector;
 pub mod handshake;
 pub mod manager;

@@ -329,13 +329,32 @@ async fn run_shuts_down_gracefully_on_sigterm() {
     assert!(gone_within(pid, WAIT).await);
 }
 
+/// The lines of `exthost check` output that are not `PASS` lines or the
+/// summary.
+fn not_passed(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| !l.starts_with("PASS ") && !l.contains("required checks passed"))
+        .collect()
+}
+
+fn check(program: &Path) -> tokio::process::Command {
+    let mut cmd = exthost();
+    cmd.arg("check").arg("--").arg(program);
+    cmd
+}
+
 #[tokio::test]
 async fn check_passes_the_mock_and_fails_broken_extensions() {
-    let out = output(exthost().arg("check").arg("--").arg(mock_bin())).await;
+    let out = output(&mut check(&mock_bin())).await;
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("PASS unknown_tool\n"), "{text}");
-    assert!(text.ends_with("13/13 checks passed\n"), "{text}");
+    assert_eq!(text.lines().count(), 14, "{text}");
+    assert_eq!(not_passed(&text), Vec::<&str>::new(), "{text}");
+    assert!(
+        text.ends_with("\n9/9 required checks passed, 0 warnings\n"),
+        "{text}"
+    );
 
     let out = output(
         exthost()
@@ -347,7 +366,13 @@ async fn check_passes_the_mock_and_fails_broken_extensions() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(text.starts_with("FAIL socket: "), "{text}");
-    assert!(text.ends_with("0/13 checks passed\n"), "{text}");
+    // Nothing else could run; the recommended checks are warnings.
+    assert!(text.contains("\nFAIL hello: not run: "), "{text}");
+    assert!(text.contains("\nWARN get_schema: not run: "), "{text}");
+    assert!(
+        text.ends_with("\n0/9 required checks passed, 4 warnings\n"),
+        "{text}"
+    );
 
     let out = output(
         exthost()
@@ -358,22 +383,105 @@ async fn check_passes_the_mock_and_fails_broken_extensions() {
     .await;
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text.contains("FAIL shutdown: still running"), "{text}");
-    assert!(text.ends_with("12/13 checks passed\n"), "{text}");
+    assert!(
+        matches!(not_passed(&text).as_slice(), [l] if l.starts_with("FAIL shutdown: still running")),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\n8/9 required checks passed, 0 warnings\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn check_warns_about_an_extension_that_echoes_no_ids_and_strict_fails_it() {
+    let mut cmd = check(&common::hostile_bin());
+    let out = output(cmd.env("HOSTILE_MODE", "no_ids")).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        matches!(not_passed(&text).as_slice(), [l] if l.starts_with("WARN correlation_ids: answers carry no correlation_id")),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\n9/9 required checks passed, 1 warnings\n"),
+        "{text}"
+    );
 
     let out = output(
         exthost()
-            .arg("check")
-            .arg("--")
+            .args(["check", "--strict", "--"])
             .arg(common::hostile_bin())
             .env("HOSTILE_MODE", "no_ids"),
     )
     .await;
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("FAIL correlation_ids: answers carry no correlation_id"),
+        matches!(not_passed(&text).as_slice(), [l] if l.starts_with("FAIL correlation_ids: ")),
         "{text}"
     );
-    assert!(text.ends_with("12/13 checks passed\n"), "{text}");
+}
+
+#[tokio::test]
+async fn check_passes_the_reference_extension_with_three_warnings_and_strict_fails_it() {
+    let reference = common::example_bin("reference_extension");
+    let out = output(&mut check(&reference)).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let warned: Vec<&str> = not_passed(&text)
+        .into_iter()
+        .map(|l| {
+            l.strip_prefix("WARN ")
+                .expect("only warnings")
+                .split(':')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        warned,
+        ["get_schema", "unknown_tool", "correlation_ids"],
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\n9/9 required checks passed, 3 warnings\n"),
+        "{text}"
+    );
+
+    let out = output(exthost().args(["check", "--strict", "--"]).arg(&reference)).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let failed: Vec<&str> = not_passed(&text)
+        .into_iter()
+        .map(|l| {
+            l.strip_prefix("FAIL ")
+                .expect("only failures")
+                .split(':')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        ["get_schema", "unknown_tool", "correlation_ids"],
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn check_exits_1_when_it_cannot_run() {
+    let out = output(
+        exthost()
+            .args(["check", "--config-json", "{not json", "--"])
+            .arg(mock_bin()),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).is_empty());
+    assert!(
+        stderr(&out).contains("--config-json is not JSON"),
+        "{}",
+        stderr(&out)
+    );
 }

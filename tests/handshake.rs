@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use common::{fake_pair, FakeExt};
 use exthost::client::Connection;
-use exthost::handshake::{handshake, HandshakeError, Step, ToolMismatch};
+use exthost::handshake::{
+    configure, handshake, hello, register_tools, HandshakeError, Step, ToolMismatch,
+};
 use exthost::proto::{Capability, ExtRequest, ExtResponse, RequestKind, ToolDef, PROTOCOL_VERSION};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio::time::Instant;
+use tower::timeout::{error::Elapsed, Timeout};
 
 const STEP: Duration = Duration::from_secs(10);
 
@@ -164,7 +168,7 @@ async fn unexpected_reply_through_a_lenient_service_names_what_arrived() {
             err,
             HandshakeError::Unexpected {
                 step: Step::Hello,
-                got: "tool_result"
+                got: exthost::proto::ResponseKind::ToolResult
             }
         ),
         "{err:?}"
@@ -249,5 +253,148 @@ async fn capabilities_and_schemas_that_disagree_are_reported() {
             ToolMismatch::MissingSchema("ghost".into()),
             ToolMismatch::Undeclared("extra".into())
         ]
+    );
+}
+
+/// Plays a correct extension that declares one tool, `t`, and answers the
+/// `slow` step only after `delay` (on the test's clock).
+async fn answer_slowly(mut ext: FakeExt, slow: RequestKind, delay: Duration) -> FakeExt {
+    for (kind, resp) in [
+        (
+            RequestKind::Hello,
+            ExtResponse::ready(PROTOCOL_VERSION, "svc", vec![Capability::tools(["t"])]),
+        ),
+        (RequestKind::Configure, ExtResponse::configured()),
+        (
+            RequestKind::RegisterTools,
+            ExtResponse::tool_schemas(vec![def("t", b"{}")]),
+        ),
+    ] {
+        expect(&mut ext, kind).await;
+        if kind == slow {
+            tokio::time::sleep(delay).await;
+        }
+        ext.send(resp).await.unwrap();
+    }
+    ext
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn inner_service_timeout_is_a_transport_error_not_the_step_timeout() {
+    tokio::time::pause();
+    let (io, ext) = fake_pair();
+    let _ext = tokio::spawn(answer_slowly(
+        ext,
+        RequestKind::Configure,
+        Duration::from_secs(5),
+    ));
+    // The service gives up after 1 s; the step would wait 10 s.
+    let mut svc = Timeout::new(Connection::new(io), Duration::from_secs(1));
+    let start = Instant::now();
+    let err = handshake(&mut svc, &json!({}), STEP).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            HandshakeError::Transport { step: Step::Configure, source } if source.is::<Elapsed>()
+        ),
+        "{err:?}"
+    );
+    assert!(start.elapsed() < STEP, "{:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn step_over_its_timeout_fails_as_timeout_naming_the_step_and_its_limit() {
+    tokio::time::pause();
+    let (io, ext) = fake_pair();
+    let _ext = tokio::spawn(answer_slowly(
+        ext,
+        RequestKind::RegisterTools,
+        Duration::from_secs(30),
+    ));
+    // The service would wait 60 s; the step's own 10 s limit fires first.
+    let mut svc = Timeout::new(Connection::new(io), Duration::from_secs(60));
+    let err = handshake(&mut svc, &json!({}), STEP).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HandshakeError::Timeout { step: Step::RegisterTools, after } if after == STEP
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn slow_step_within_a_long_step_timeout_succeeds() {
+    tokio::time::pause();
+    let (io, ext) = fake_pair();
+    let ext = tokio::spawn(answer_slowly(
+        ext,
+        RequestKind::Hello,
+        Duration::from_secs(30),
+    ));
+    let mut conn = Connection::new(io);
+    let start = Instant::now();
+    let info = handshake(&mut conn, &json!({}), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(info.tools[0].name, "t");
+    assert!(start.elapsed() >= Duration::from_secs(30));
+    ext.await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn each_step_runs_on_its_own_and_returns_its_answer() {
+    let (io, mut ext) = fake_pair();
+    let mut conn = Connection::new(io);
+
+    let (ready, hello_req) = tokio::join!(hello(&mut conn, STEP), async {
+        let req = expect(&mut ext, RequestKind::Hello).await;
+        let caps = vec![Capability::tools(["a"]), Capability::query()];
+        ext.send(ExtResponse::ready(PROTOCOL_VERSION, "svc", caps))
+            .await
+            .unwrap();
+        req
+    });
+    assert_eq!(hello_req.msg, ExtRequest::hello(PROTOCOL_VERSION).msg);
+    let ready = ready.unwrap();
+    assert_eq!(ready.service, "svc");
+    assert_eq!(ready.version, PROTOCOL_VERSION);
+    assert!(ready.has_query());
+    assert_eq!(ready.declared_tools().collect::<Vec<_>>(), ["a"]);
+    ready.check_version().unwrap();
+
+    let config = json!([1]);
+    let (configured, configure_req) = tokio::join!(configure(&mut conn, &config, STEP), async {
+        let req = expect(&mut ext, RequestKind::Configure).await;
+        ext.send(ExtResponse::configured()).await.unwrap();
+        req
+    });
+    configured.unwrap();
+    assert_eq!(configure_req.msg, ExtRequest::configure("[1]").msg);
+
+    // The schemas come back as sent, even one that is not JSON.
+    let (defs, _) = tokio::join!(register_tools(&mut conn, STEP), async {
+        expect(&mut ext, RequestKind::RegisterTools).await;
+        ext.send(ExtResponse::tool_schemas(vec![def("a", b"{not json")]))
+            .await
+            .unwrap();
+    });
+    assert_eq!(defs.unwrap(), vec![def("a", b"{not json")]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn hello_returns_any_version_and_check_version_refuses_an_incompatible_one() {
+    let (io, mut ext) = fake_pair();
+    let mut conn = Connection::new(io);
+    let (ready, ()) = tokio::join!(hello(&mut conn, STEP), async {
+        expect(&mut ext, RequestKind::Hello).await;
+        ext.send(ExtResponse::ready("0.9", "svc", vec![]))
+            .await
+            .unwrap();
+    });
+    let ready = ready.unwrap();
+    assert_eq!(ready.version, "0.9");
+    assert!(
+        matches!(ready.check_version(), Err(HandshakeError::Version { theirs, .. }) if theirs == "0.9")
     );
 }

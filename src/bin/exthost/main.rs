@@ -4,7 +4,7 @@
 //! exthost tools --config FILE [--json]
 //! exthost call  --config FILE TOOL [ARGS] [--agent NAME] [--task-id N] [--timeout DURATION]
 //! exthost run   --config FILE          # JSON lines on stdin/stdout
-//! exthost check [--config-json JSON] [--timeout DURATION] -- PROGRAM [ARGS...]
+//! exthost check [--config-json JSON] [--timeout DURATION] [--strict] -- PROGRAM [ARGS...]
 //! ```
 
 mod check;
@@ -75,7 +75,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Check that an extension program follows the protocol.
+    /// Check that an extension program follows the protocol. Exit 0 when
+    /// every required check passes (recommended ones that fail are
+    /// warnings), 1 otherwise.
     Check {
         /// The configuration to send in `configure`, as JSON.
         #[arg(long, default_value = "{}")]
@@ -83,6 +85,10 @@ enum Command {
         /// Time allowed for start-up, each step, and shutdown.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         timeout: Duration,
+        /// Recommended checks count too: they print FAIL, and one that
+        /// fails makes the exit code 1.
+        #[arg(long)]
+        strict: bool,
         /// The program and its arguments; `serve --socket PATH` is appended.
         #[arg(last = true, required = true)]
         program: Vec<String>,
@@ -137,8 +143,9 @@ fn main() -> ExitCode {
             Command::Check {
                 config_json,
                 timeout,
+                strict,
                 program,
-            } => check::check(&config_json, timeout, &program).await,
+            } => check::check(&config_json, timeout, strict, &program).await,
         }
     });
     // A blocking read of stdin (`exthost run`) would hold up a normal
