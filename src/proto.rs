@@ -73,6 +73,17 @@ impl RequestKind {
     }
 }
 
+impl RequestKind {
+    /// Whether this is a step of the handshake: `hello`, `configure` or
+    /// `register_tools`.
+    pub fn is_handshake(self) -> bool {
+        matches!(
+            self,
+            RequestKind::Hello | RequestKind::Configure | RequestKind::RegisterTools
+        )
+    }
+}
+
 impl fmt::Display for RequestKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

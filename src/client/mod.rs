@@ -143,6 +143,7 @@ impl fmt::Debug for Connection {
 pub struct Builder {
     max_in_flight: usize,
     stuck_after: Option<Duration>,
+    stuck_after_handshake: Option<Duration>,
     max_frame_len: usize,
 }
 
@@ -151,6 +152,7 @@ impl Default for Builder {
         Builder {
             max_in_flight: 1,
             stuck_after: None,
+            stuck_after_handshake: None,
             max_frame_len: crate::codec::MAX_FRAME_LEN,
         }
     }
@@ -178,6 +180,15 @@ impl Builder {
         self
     }
 
+    /// The same for the handshake's requests (`hello`, `configure`,
+    /// `register_tools`), which run under the handshake timeout rather than
+    /// the call timeout (default: never). Set it to the handshake timeout
+    /// plus a margin.
+    pub fn stuck_after_handshake(mut self, after: Option<Duration>) -> Self {
+        self.stuck_after_handshake = after;
+        self
+    }
+
     /// The largest frame accepted or sent (default and maximum of the
     /// protocol: 16 MiB).
     pub fn max_frame_len(mut self, len: usize) -> Self {
@@ -197,6 +208,7 @@ impl Builder {
             ClientCodec::with_max_frame_len(self.max_frame_len),
             status.clone(),
             self.stuck_after,
+            self.stuck_after_handshake,
         );
         let client = Pipeline::new(transport);
         let in_flight = Arc::new(Semaphore::new(self.max_in_flight));

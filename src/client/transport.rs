@@ -56,6 +56,9 @@ pub(crate) struct Transport {
     pending: VecDeque<Slot>,
     status: Arc<Status>,
     stuck_after: Option<Duration>,
+    /// The same for the handshake's requests, which run under their own
+    /// (often longer) timeout.
+    stuck_after_handshake: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
     /// The correlation id of the next request.
     next_id: u64,
@@ -76,12 +79,14 @@ impl Transport {
         codec: ClientCodec,
         status: Arc<Status>,
         stuck_after: Option<Duration>,
+        stuck_after_handshake: Option<Duration>,
     ) -> Self {
         Transport {
             framed: Framed::new(io, codec),
             pending: VecDeque::new(),
             status,
             stuck_after,
+            stuck_after_handshake,
             timer: None,
             next_id: 1,
         }
@@ -95,14 +100,25 @@ impl Transport {
     /// timer for its due time. The timer is re-armed only when it fires, so
     /// a busy connection pays for one reset per `stuck_after` period.
     fn poll_stuck(&mut self, cx: &mut Context<'_>) -> Result<(), ConnectionError> {
-        let (Some(after), Some(front)) = (self.stuck_after, self.pending.front()) else {
+        let Some(front) = self.pending.front() else {
             return Ok(());
         };
         let (request, sent_at) = (front.kind, front.sent_at);
+        let limit = if request.is_handshake() {
+            self.stuck_after_handshake
+        } else {
+            self.stuck_after
+        };
+        let Some(after) = limit else {
+            return Ok(());
+        };
         let due = sent_at + after;
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() > due {
+            timer.as_mut().reset(due);
+        }
         while timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             if now >= due {

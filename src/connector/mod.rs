@@ -154,6 +154,7 @@ impl Connector {
             .timeout(config.call_timeout())
             .max_in_flight(config.max_in_flight())
             .stuck_margin(Some(config.stuck_margin()))
+            .handshake_timeout(config.handshake_timeout())
             .layers(self.layers.clone())
     }
 

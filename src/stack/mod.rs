@@ -131,6 +131,7 @@ pub struct StackBuilder {
     timeout: Duration,
     max_in_flight: usize,
     stuck_margin: Option<Duration>,
+    handshake_timeout: Duration,
     layers: Option<ExtensionLayers>,
 }
 
@@ -155,6 +156,7 @@ impl StackBuilder {
             timeout: DEFAULT_CALL_TIMEOUT,
             max_in_flight: 1,
             stuck_margin: Some(DEFAULT_STUCK_MARGIN),
+            handshake_timeout: crate::handshake::DEFAULT_HANDSHAKE_TIMEOUT,
             layers: None,
         }
     }
@@ -173,6 +175,13 @@ impl StackBuilder {
     pub fn max_in_flight(mut self, n: usize) -> Self {
         assert!(n > 0, "max_in_flight must be at least 1");
         self.max_in_flight = n;
+        self
+    }
+
+    /// The handshake's step timeout (default 10 s): a handshake request is
+    /// stuck only past it plus the stuck margin.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
         self
     }
 
@@ -223,6 +232,7 @@ impl StackBuilder {
         Connection::builder()
             .max_in_flight(self.max_in_flight)
             .stuck_after(self.stuck_margin.map(|m| self.timeout + m))
+            .stuck_after_handshake(self.stuck_margin.map(|m| self.handshake_timeout + m))
             .build(io)
     }
 
