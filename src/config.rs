@@ -133,6 +133,15 @@ pub struct ServiceConfig {
     /// Default: no bound (each waits within its call timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queued: Option<usize>,
+    /// After the crash-loop breaker leaves the service failed, try again
+    /// after this long (default: never; an operator's `restart` or `start`
+    /// always does).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub breaker_cooldown: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -161,6 +170,7 @@ impl Default for ServiceConfig {
             max_in_flight: None,
             stuck_margin: None,
             max_queued: None,
+            breaker_cooldown: None,
         }
     }
 }
@@ -221,6 +231,12 @@ impl ServiceConfig {
     /// Sets how many calls may wait for an in-flight slot.
     pub fn with_max_queued(mut self, n: usize) -> Self {
         self.max_queued = Some(n);
+        self
+    }
+
+    /// Sets the breaker's cooldown.
+    pub fn with_breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = Some(cooldown);
         self
     }
 

@@ -53,10 +53,13 @@
 //!     }
 //! })));
 //!
-//! // The host side.
-//! let mut svc = StackBuilder::new("greeter").timeout(Duration::from_secs(5)).build(host_io);
-//! let info = handshake(&mut svc, &serde_json::json!({}), Duration::from_secs(10)).await?;
+//! // The host side: the handshake over the bare connection (each step
+//! // under its own limit), then calls through the stack.
+//! let stack = StackBuilder::new("greeter").timeout(Duration::from_secs(5));
+//! let conn = stack.connection(host_io);
+//! let info = handshake(&mut conn.clone(), &serde_json::json!({}), Duration::from_secs(10)).await?;
 //! assert_eq!(info.tools[0].name, "greet");
+//! let svc = stack.service(conn);
 //! let resp = svc.oneshot(ExtRequest::tool_call("greet", "world")).await?;
 //! assert_eq!(resp, ExtResponse::tool_result("hello, world"));
 //! # Ok(())

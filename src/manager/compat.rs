@@ -88,10 +88,13 @@ impl ServiceManager {
                     Some(DownReason::StartFailed(e))
                 }
             };
+            let commands = slot.commands.lock().expect("lock poisoned").take();
+            let commands = commands.expect("a service is supervised once");
             supervisors.spawn(supervisor::supervise(
                 self.inner.services.clone(),
                 slot,
                 first_error,
+                commands,
             ));
         }
         report

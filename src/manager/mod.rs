@@ -65,16 +65,18 @@ mod supervisor;
 pub use builder::Builder;
 pub use supervisor::RestartLimits;
 
+use supervisor::{Command, Control};
+
 pub use crate::status::{DownReason, ServiceState, ServiceStatus};
 
 pub(crate) use slot::Slot;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -164,6 +166,22 @@ impl Drop for Inner {
             }
         }
     }
+}
+
+/// Why an operator's command ([`ServiceManager::restart`] and the like)
+/// was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No such service is managed.
+    #[error("unknown service: {0}")]
+    UnknownService(String),
+    /// The manager has not started its services yet.
+    #[error("the services have not been started yet")]
+    NotStarted,
+    /// The manager is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
 }
 
 /// What [`ServiceManager::start`] achieved.
@@ -300,6 +318,63 @@ impl ServiceManager {
                 .endpoint
                 .unexpected(RequestKind::GetSchema, kind_of(other))),
         }
+    }
+
+    /// Stops `service` if it runs, then starts it at once (no backoff), and
+    /// clears its crash-loop breaker: the way back from `failed`. Returns
+    /// its status once the start has settled (ready, or down with why).
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError`] for an unknown service, before
+    /// [`start`](Self::start), or during shutdown.
+    pub async fn restart(&self, service: &str) -> Result<ServiceStatus, ControlError> {
+        self.command(service, Command::Restart).await
+    }
+
+    /// Stops `service` gracefully (`shutdown`, SIGTERM, SIGKILL); it stays
+    /// `stopped`, whatever its restart policy, until
+    /// [`start_service`](Self::start_service) or [`restart`](Self::restart).
+    ///
+    /// # Errors
+    ///
+    /// As for [`restart`](Self::restart).
+    pub async fn stop_service(&self, service: &str) -> Result<ServiceStatus, ControlError> {
+        self.command(service, Command::Stop).await
+    }
+
+    /// Starts `service` if it is not running (stopped, failed, or waiting
+    /// to restart), clearing its breaker; a running service is left alone.
+    ///
+    /// # Errors
+    ///
+    /// As for [`restart`](Self::restart).
+    pub async fn start_service(&self, service: &str) -> Result<ServiceStatus, ControlError> {
+        self.command(service, Command::Start).await
+    }
+
+    async fn command(
+        &self,
+        service: &str,
+        command: Command,
+    ) -> Result<ServiceStatus, ControlError> {
+        let shared = self.shared();
+        let slot = shared
+            .slots
+            .get(service)
+            .ok_or_else(|| ControlError::UnknownService(service.to_owned()))?;
+        if shared.shutdown.is_cancelled() {
+            return Err(ControlError::ShuttingDown);
+        }
+        if !self.inner.begun.load(Ordering::SeqCst) {
+            return Err(ControlError::NotStarted);
+        }
+        let (done, finished) = oneshot::channel();
+        slot.control
+            .send(Control { command, done })
+            .map_err(|_| ControlError::ShuttingDown)?;
+        finished.await.map_err(|_| ControlError::ShuttingDown)?;
+        Ok(slot.status())
     }
 
     /// Stops supervising and shuts every service down gracefully, all in

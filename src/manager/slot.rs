@@ -1,9 +1,11 @@
 //! One service's live state: its current incarnation, last known tools and
 //! status.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+use super::supervisor::Control;
 
 use crate::config::ServiceConfig;
 use crate::connector::Started;
@@ -29,6 +31,10 @@ pub(crate) struct Slot {
     pub(crate) endpoint: Arc<Endpoint>,
     pub(crate) live: RwLock<Live>,
     pub(crate) status: watch::Sender<ServiceStatus>,
+    /// Operators' commands to the supervisor.
+    pub(crate) control: mpsc::UnboundedSender<Control>,
+    /// Taken by the supervisor when it starts.
+    pub(crate) commands: Mutex<Option<mpsc::UnboundedReceiver<Control>>>,
 }
 
 impl Slot {
@@ -40,12 +46,15 @@ impl Slot {
             error: None,
         });
         let endpoint = Endpoint::new(name.as_str()).with_max_queued(config.max_queued);
+        let (control, commands) = mpsc::unbounded_channel();
         Slot {
             name,
             config,
             endpoint: Arc::new(endpoint),
             live: RwLock::new(Live::default()),
             status,
+            control,
+            commands: Mutex::new(Some(commands)),
         }
     }
 

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::slot::Slot;
@@ -84,93 +85,251 @@ async fn settle(started: &Started, cause: DownReason) -> DownReason {
     DownReason::ConnectionLost(lost)
 }
 
-pub(crate) async fn supervise(shared: Arc<Services>, slot: Arc<Slot>, first: Option<DownReason>) {
-    let limits = shared.limits;
-    let mut recent: VecDeque<Instant> = VecDeque::new();
-    let mut down = first;
-    loop {
-        let cause = match down.take() {
-            Some(cause) => cause,
-            None => {
-                let Some(started) = slot.started() else {
-                    return;
-                };
-                let cause = tokio::select! {
-                    _ = shared.shutdown.cancelled() => return,
-                    cause = incarnation_ends(&started) => cause,
-                };
-                // Calls fail at once from here on.
-                slot.take(None);
-                settle(&started, cause).await
-            }
-        };
-        if shared.shutdown.is_cancelled() {
-            return;
-        }
-        let restart = match slot.config.restart {
-            RestartPolicy::Never => false,
-            RestartPolicy::OnFailure => cause.is_failure(),
-            RestartPolicy::Always => true,
-        };
-        let reason = cause;
-        tracing::warn!(service = %slot.name, %reason, restart, "service went down");
-        if !restart {
-            let state = if reason.is_failure() {
-                ServiceState::Failed
-            } else {
-                ServiceState::Stopped
-            };
-            slot.set_status(|s| {
-                s.state = state;
-                s.pid = None;
-                s.error = Some(reason);
-            });
-            return;
-        }
+/// What an operator asks of one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// Start it if it is not running.
+    Start,
+    /// Stop it gracefully; it stays stopped until started.
+    Stop,
+    /// Stop it if it runs, then start it at once; clears the breaker.
+    Restart,
+}
+
+/// A command and who waits for it to be carried out.
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub(crate) command: Command,
+    pub(crate) done: oneshot::Sender<()>,
+}
+
+/// The crash-loop breaker: restarts within the window.
+struct Breaker {
+    limits: RestartLimits,
+    recent: VecDeque<Instant>,
+}
+
+impl Breaker {
+    /// Forgets restarts older than the window; whether another is allowed.
+    fn allows(&mut self) -> bool {
         let now = Instant::now();
-        while recent.front().is_some_and(|t| now - *t > limits.window) {
-            recent.pop_front();
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now - *t > self.limits.window)
+        {
+            self.recent.pop_front();
         }
-        if recent.len() >= limits.max_restarts {
-            slot.set_status(|s| {
-                s.state = ServiceState::Failed;
-                s.pid = None;
-                s.error = Some(DownReason::CrashLoop {
-                    restarts: recent.len(),
-                    window: limits.window,
-                    last: Box::new(reason),
-                });
-            });
-            return;
-        }
-        let delay = limits.backoff(recent.len());
-        slot.set_status(|s| {
-            s.state = ServiceState::Restarting;
-            s.pid = None;
-            s.error = Some(reason);
-        });
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        recent.push_back(Instant::now());
-        slot.set_status(|s| s.restarts += 1);
-        let generation = slot.next_generation();
-        let target = Target::new(slot.name.clone(), slot.config.clone());
-        // A start is not cancelled half-way (that would orphan its process);
-        // if shutdown began meanwhile, the new incarnation is stopped here,
-        // and `shutdown_all` waits for this task.
-        match shared.connector.start(target).await {
-            Ok(started) if shared.shutdown.is_cancelled() => {
-                let conn = started.extension.as_ref().map(|e| &e.connection);
-                started
-                    .process
-                    .stop(conn, slot.config.shutdown_grace())
-                    .await;
-                return;
+        self.recent.len() < self.limits.max_restarts
+    }
+}
+
+/// Where the supervisor goes next.
+enum Next {
+    /// Watch the running incarnation.
+    Watch,
+    /// It went down: apply the policy and the breaker.
+    Decide(DownReason),
+    /// Wait, then start.
+    Backoff(Duration),
+    /// Start now.
+    Start,
+    /// Down until an operator starts it (or, with a `cooldown`, until the
+    /// breaker's cooldown ends).
+    Idle { cooldown: Option<Duration> },
+}
+
+/// Stops a running incarnation at an operator's request.
+async fn stop_running(slot: &Slot, started: Started) {
+    slot.take(None);
+    let conn = started.extension.as_ref().map(|e| &e.connection);
+    started
+        .process
+        .stop(conn, slot.config.shutdown_grace())
+        .await;
+    slot.set_status(|s| {
+        s.state = ServiceState::Stopped;
+        s.pid = None;
+        s.error = None;
+    });
+}
+
+/// Keeps `slot` alive per its restart policy and carries out operators'
+/// commands, until the manager shuts down.
+pub(crate) async fn supervise(
+    shared: Arc<Services>,
+    slot: Arc<Slot>,
+    first: Option<DownReason>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    let mut breaker = Breaker {
+        limits: shared.limits,
+        recent: VecDeque::new(),
+    };
+    // Operators waiting for a start to settle.
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut next = match first {
+        Some(reason) => Next::Decide(reason),
+        None => Next::Watch,
+    };
+    loop {
+        next = match next {
+            Next::Watch => {
+                let Some(started) = slot.started() else {
+                    // Not running (a gateway that was never started).
+                    next = Next::Idle { cooldown: None };
+                    continue;
+                };
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    cause = incarnation_ends(&started) => {
+                        // Calls fail at once from here on.
+                        slot.take(None);
+                        Next::Decide(settle(&started, cause).await)
+                    }
+                    Some(ctl) = control.recv() => match ctl.command {
+                        Command::Start => {
+                            let _ = ctl.done.send(());
+                            Next::Watch
+                        }
+                        Command::Stop => {
+                            stop_running(&slot, started).await;
+                            let _ = ctl.done.send(());
+                            Next::Idle { cooldown: None }
+                        }
+                        Command::Restart => {
+                            stop_running(&slot, started).await;
+                            breaker.recent.clear();
+                            waiting.push(ctl.done);
+                            Next::Start
+                        }
+                    },
+                }
             }
-            Ok(started) => shared.install(&slot, generation, started),
-            Err(e) => down = Some(DownReason::StartFailed(Arc::new(e))),
-        }
+            Next::Decide(reason) => {
+                if shared.shutdown.is_cancelled() {
+                    return;
+                }
+                let restart = match slot.config.restart {
+                    RestartPolicy::Never => false,
+                    RestartPolicy::OnFailure => reason.is_failure(),
+                    RestartPolicy::Always => true,
+                };
+                tracing::warn!(service = %slot.name, %reason, restart, "service went down");
+                if !restart {
+                    let state = if reason.is_failure() {
+                        ServiceState::Failed
+                    } else {
+                        ServiceState::Stopped
+                    };
+                    slot.set_status(|s| {
+                        s.state = state;
+                        s.pid = None;
+                        s.error = Some(reason);
+                    });
+                    Next::Idle { cooldown: None }
+                } else if !breaker.allows() {
+                    let cooldown = slot.config.breaker_cooldown;
+                    slot.set_status(|s| {
+                        s.state = ServiceState::Failed;
+                        s.pid = None;
+                        s.error = Some(DownReason::CrashLoop {
+                            restarts: breaker.recent.len(),
+                            window: breaker.limits.window,
+                            last: Box::new(reason),
+                        });
+                    });
+                    Next::Idle { cooldown }
+                } else {
+                    let delay = breaker.limits.backoff(breaker.recent.len());
+                    slot.set_status(|s| {
+                        s.state = ServiceState::Restarting;
+                        s.pid = None;
+                        s.error = Some(reason);
+                    });
+                    Next::Backoff(delay)
+                }
+            }
+            Next::Backoff(delay) => tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => Next::Start,
+                Some(ctl) = control.recv() => match ctl.command {
+                    Command::Stop => {
+                        slot.set_status(|s| {
+                            s.state = ServiceState::Stopped;
+                            s.pid = None;
+                        });
+                        let _ = ctl.done.send(());
+                        Next::Idle { cooldown: None }
+                    }
+                    Command::Start | Command::Restart => {
+                        breaker.recent.clear();
+                        waiting.push(ctl.done);
+                        Next::Start
+                    }
+                },
+            },
+            Next::Idle { cooldown } => {
+                let cooled = async {
+                    match cooldown {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = cooled => {
+                        tracing::info!(service = %slot.name, "breaker cooldown over; trying again");
+                        breaker.recent.clear();
+                        Next::Start
+                    }
+                    ctl = control.recv() => match ctl {
+                        // Every handle is gone: nothing can start it again.
+                        None => Next::Idle { cooldown },
+                        Some(ctl) if ctl.command == Command::Stop => {
+                            let _ = ctl.done.send(());
+                            Next::Idle { cooldown }
+                        }
+                        Some(ctl) => {
+                            breaker.recent.clear();
+                            waiting.push(ctl.done);
+                            Next::Start
+                        }
+                    },
+                }
+            }
+            Next::Start => {
+                breaker.recent.push_back(Instant::now());
+                slot.set_status(|s| {
+                    s.state = ServiceState::Restarting;
+                    s.restarts += 1;
+                });
+                let generation = slot.next_generation();
+                let target = Target::new(slot.name.clone(), slot.config.clone());
+                // A start is not cancelled half-way (that would orphan its
+                // process); if shutdown began meanwhile, the new incarnation
+                // is stopped here, and `shutdown_all` waits for this task.
+                let result = shared.connector.start(target).await;
+                // Operators who asked for this start hear that it settled.
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
+                }
+                match result {
+                    Ok(started) if shared.shutdown.is_cancelled() => {
+                        let conn = started.extension.as_ref().map(|e| &e.connection);
+                        started
+                            .process
+                            .stop(conn, slot.config.shutdown_grace())
+                            .await;
+                        return;
+                    }
+                    Ok(started) => {
+                        shared.install(&slot, generation, started);
+                        Next::Watch
+                    }
+                    Err(e) => Next::Decide(DownReason::StartFailed(Arc::new(e))),
+                }
+            }
+        };
     }
 }

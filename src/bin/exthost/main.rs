@@ -257,7 +257,7 @@ fn exit_code(e: &CallError) -> u8 {
         CallError::UnknownTool { .. } => 2,
         CallError::Timeout { .. } => 3,
         CallError::Extension { .. } => 4,
-        CallError::Unavailable { .. } => 5,
+        CallError::Unavailable { .. } | CallError::Overloaded { .. } => 5,
         CallError::Protocol { .. } => 6,
         _ => 1,
     }

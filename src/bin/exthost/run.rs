@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use exthost::manager::ServiceManager;
+use exthost::manager::{ControlError, ServiceManager};
 use exthost::router::ToolCall;
 use exthost::CallError;
 use serde_json::{json, Value};
@@ -22,6 +22,19 @@ impl From<CallError> for Failure {
     fn from(e: CallError) -> Self {
         Failure {
             kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<ControlError> for Failure {
+    fn from(e: ControlError) -> Self {
+        let kind = match e {
+            ControlError::UnknownService(_) => "unknown_service",
+            _ => "unavailable",
+        };
+        Failure {
+            kind,
             message: e.to_string(),
         }
     }
@@ -162,8 +175,17 @@ async fn dispatch(
                 let service = str_field(obj, "service")?;
                 Ok(Value::String(manager.schema(service).await?))
             }
+            Some(name @ ("restart" | "stop" | "start")) => {
+                let service = str_field(obj, "service")?;
+                let status = match name {
+                    "restart" => manager.restart(service).await?,
+                    "stop" => manager.stop_service(service).await?,
+                    _ => manager.start_service(service).await?,
+                };
+                Ok(serde_json::to_value(status).expect("a status always serializes"))
+            }
             _ => Err(bad_request(format!(
-                "unknown op {op}; expected tools, status, query or schema"
+                "unknown op {op}; expected tools, status, query, schema, restart, stop or start"
             ))),
         };
     }
