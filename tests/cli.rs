@@ -317,8 +317,9 @@ async fn run_reports_a_crash_and_the_restart() {
 async fn run_shuts_down_gracefully_on_sigterm() {
     let dir = temp_dir();
     let mut run = Run::start(&two_mocks(dir.path()));
-    let status = run.ask(r#"{"id": 1, "op": "status"}"#).await;
-    let pid = status["ok"]["alpha"]["pid"].as_u64().unwrap() as u32;
+    // Answered once alpha is ready (run serves while services start).
+    let pid = run.ask(r#"{"id": 1, "tool": "a_pid"}"#).await;
+    let pid: u32 = pid["ok"].as_str().unwrap().parse().unwrap();
     let host = nix::unistd::Pid::from_raw(run.child.id().unwrap() as i32);
     nix::sys::signal::kill(host, nix::sys::signal::Signal::SIGTERM).unwrap();
     let code = tokio::time::timeout(WAIT, run.child.wait())

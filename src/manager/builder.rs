@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinSet;
@@ -116,12 +116,13 @@ impl Builder {
             router: Router::new(),
             limits: self.limits,
             shutdown: CancellationToken::new(),
+            unsettled: AtomicUsize::new(0),
         });
         ServiceManager {
             inner: Arc::new(Inner {
                 services,
                 supervisors: Mutex::new(JoinSet::new()),
-                spawned: Mutex::new(Vec::new()),
+                settling: Mutex::new(Vec::new()),
                 begun: AtomicBool::new(false),
             }),
         }

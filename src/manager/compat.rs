@@ -5,16 +5,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use tower::ServiceExt;
+
+use tokio::sync::oneshot;
 
 use super::{supervisor, RestartLimits, ServiceManager, StartReport};
 use crate::config::ServiceConfig;
 use crate::connector::Target;
 use crate::process::Paths;
 use crate::router::{CallError, ToolCall};
-use crate::status::DownReason;
 
 impl ServiceManager {
     /// A manager for the enabled services of `configs`, with sockets in
@@ -44,58 +44,55 @@ impl ServiceManager {
         Self::builder(configs).paths(paths).limits(limits).build()
     }
 
-    /// Spawns every enabled service's process. Failures are kept and
-    /// reported by [`handshake_all`](Self::handshake_all).
+    /// Spawns every enabled service's process, and a supervisor per
+    /// service that runs its handshake and keeps it alive. Failures are
+    /// kept and reported by [`handshake_all`](Self::handshake_all).
+    ///
+    /// Each service is routed the moment it is ready. From here until
+    /// every service's first start has settled, the router holds calls to
+    /// tools it does not know yet instead of failing them (see
+    /// [`Router`](crate::router::Router)). Must be called inside a tokio
+    /// runtime.
     pub fn spawn_all(&self) {
         let shared = self.shared();
         if self.inner.begun.swap(true, Ordering::SeqCst) || shared.shutdown.is_cancelled() {
             tracing::warn!("spawn_all: this manager has already started its services");
             return;
         }
-        let mut spawned = self.inner.spawned.lock().expect("lock poisoned");
+        shared.unsettled.store(shared.slots.len(), Ordering::SeqCst);
+        shared.rebuild_table();
+        let mut settling = self.inner.settling.lock().expect("lock poisoned");
+        let mut supervisors = self.inner.supervisors.lock().expect("lock poisoned");
         for slot in shared.slots.values() {
             let target = Target::new(slot.name.clone(), slot.config.clone());
-            spawned.push((slot.clone(), shared.connector.spawn(target)));
+            let spawned = shared.connector.spawn(target);
+            let commands = slot.commands.lock().expect("lock poisoned").take();
+            let commands = commands.expect("a service is supervised once");
+            let (settled, outcome) = oneshot::channel();
+            settling.push((slot.name.clone(), outcome));
+            supervisors.spawn(supervisor::supervise(
+                self.inner.services.clone(),
+                slot.clone(),
+                spawned,
+                commands,
+                settled,
+            ));
         }
     }
 
-    /// Connects to every spawned service and runs the handshakes, all
-    /// concurrently; then supervises them. Returns what started.
+    /// Waits until every service spawned by [`spawn_all`](Self::spawn_all)
+    /// has finished its first start (handshakes run concurrently); returns
+    /// what started.
     pub async fn handshake_all(&self) -> StartReport {
-        let spawned = std::mem::take(&mut *self.inner.spawned.lock().expect("lock poisoned"));
-        let readies = spawned.into_iter().map(|(slot, spawned)| async move {
-            let generation = slot.next_generation();
-            let result = match spawned {
-                Ok(s) => s.ready().await,
-                Err(e) => Err(e),
-            };
-            (slot, generation, result)
-        });
-        let results = futures_util::future::join_all(readies).await;
+        let settling = std::mem::take(&mut *self.inner.settling.lock().expect("lock poisoned"));
         let mut report = StartReport::default();
-        let mut supervisors = self.inner.supervisors.lock().expect("lock poisoned");
-        for (slot, generation, result) in results {
-            let first_error = match result {
-                Ok(started) => {
-                    self.shared().install(&slot, generation, started);
-                    report.ready.push(slot.name.clone());
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(service = %slot.name, error = %e, "service did not start");
-                    let e = Arc::new(e);
-                    report.failed.push((slot.name.clone(), e.clone()));
-                    Some(DownReason::StartFailed(e))
-                }
-            };
-            let commands = slot.commands.lock().expect("lock poisoned").take();
-            let commands = commands.expect("a service is supervised once");
-            supervisors.spawn(supervisor::supervise(
-                self.inner.services.clone(),
-                slot,
-                first_error,
-                commands,
-            ));
+        for (name, outcome) in settling {
+            match outcome.await {
+                Ok(Ok(())) => report.ready.push(name),
+                Ok(Err(e)) => report.failed.push((name, e)),
+                // The supervisor was aborted: the manager is being dropped.
+                Err(_) => {}
+            }
         }
         report
     }

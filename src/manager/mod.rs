@@ -72,7 +72,7 @@ pub use crate::status::{DownReason, ServiceState, ServiceStatus};
 pub(crate) use slot::Slot;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,14 +81,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceConfig;
-use crate::connector::{Connector, Spawned, StartError, Started};
+use crate::connector::{Connector, StartError, Started};
 use crate::process::StopOutcome;
 use crate::proto::{ext_response::Msg, ExtRequest, RequestKind};
 use crate::registry::{Conflict, RegisteredTool};
 use crate::router::{kind_of, CallError, Router, RoutingTable, Unavailable};
 
-/// A service spawned by `spawn_all`, waiting for `handshake_all`.
-type SpawnedSlot = (Arc<Slot>, Result<Spawned, StartError>);
+/// A service's first start, as `handshake_all` waits for it.
+type Settling = (String, oneshot::Receiver<Result<(), Arc<StartError>>>);
 
 /// What the supervisors share: the services, the connector that starts
 /// them, and the router whose table they keep current.
@@ -99,6 +99,9 @@ pub(crate) struct Services {
     pub(crate) router: Router,
     pub(crate) limits: RestartLimits,
     pub(crate) shutdown: CancellationToken,
+    /// Services whose first start has not settled yet; while any has not,
+    /// the routing table is settling.
+    pub(crate) unsettled: AtomicUsize,
 }
 
 impl Services {
@@ -118,7 +121,14 @@ impl Services {
         }
     }
 
-    fn rebuild_table(&self) {
+    /// One service's first start has settled.
+    pub(crate) fn settle_one(&self) {
+        if self.unsettled.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.rebuild_table();
+        }
+    }
+
+    pub(crate) fn rebuild_table(&self) {
         let lives: Vec<_> = self
             .slots
             .values()
@@ -127,7 +137,8 @@ impl Services {
                 (&slot.endpoint, tools)
             })
             .collect();
-        let table = RoutingTable::build(lives.iter().map(|(e, tools)| (*e, tools.as_slice())));
+        let table = RoutingTable::build(lives.iter().map(|(e, tools)| (*e, tools.as_slice())))
+            .settling(self.unsettled.load(Ordering::SeqCst) > 0);
         self.router.install(table);
     }
 
@@ -147,7 +158,7 @@ impl Services {
 struct Inner {
     services: Arc<Services>,
     supervisors: Mutex<JoinSet<()>>,
-    spawned: Mutex<Vec<SpawnedSlot>>,
+    settling: Mutex<Vec<Settling>>,
     /// Set by the first `spawn_all`: a manager starts its services once.
     begun: AtomicBool,
 }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::slot::Slot;
 use super::Services;
 use crate::config::RestartPolicy;
-use crate::connector::{Started, Target};
+use crate::connector::{Spawned, StartError, Started, Target};
 use crate::status::{DownReason, ServiceState};
 
 /// How restarts are paced and when they stop.
@@ -154,24 +154,76 @@ async fn stop_running(slot: &Slot, started: Started) {
     });
 }
 
+/// Waits for a spawned incarnation to be ready, unless the manager shuts
+/// down first: then it is stopped (whatever its progress) and `None`
+/// returned. `shutdown_all` waits for this, so nothing is left running.
+async fn ready_unless_shutdown(
+    shared: &Services,
+    slot: &Slot,
+    spawned: Spawned,
+) -> Result<Option<Started>, StartError> {
+    let process = spawned.process().clone();
+    let grace = slot.config.shutdown_grace();
+    tokio::select! {
+        biased;
+        _ = shared.shutdown.cancelled() => {
+            process.stop(None, grace).await;
+            Ok(None)
+        }
+        started = spawned.ready() => {
+            let started = started?;
+            if shared.shutdown.is_cancelled() {
+                let conn = started.extension.as_ref().map(|e| &e.connection);
+                started.process.stop(conn, grace).await;
+                return Ok(None);
+            }
+            Ok(Some(started))
+        }
+    }
+}
+
 /// Keeps `slot` alive per its restart policy and carries out operators'
 /// commands, until the manager shuts down.
 pub(crate) async fn supervise(
     shared: Arc<Services>,
     slot: Arc<Slot>,
-    first: Option<DownReason>,
+    spawned: Result<Spawned, StartError>,
     mut control: mpsc::UnboundedReceiver<Control>,
+    settled: oneshot::Sender<Result<(), Arc<StartError>>>,
 ) {
+    // The first start: its outcome goes to `handshake_all`'s report, and
+    // the routing table stops settling once every service's has come.
+    let generation = slot.next_generation();
+    let result = match spawned {
+        Ok(spawned) => ready_unless_shutdown(&shared, &slot, spawned).await,
+        Err(e) => Err(e),
+    };
+    let mut next = match result {
+        Ok(None) => {
+            let _ = settled.send(Ok(()));
+            shared.settle_one();
+            return;
+        }
+        Ok(Some(started)) => {
+            shared.install(&slot, generation, started);
+            let _ = settled.send(Ok(()));
+            Next::Watch
+        }
+        Err(e) => {
+            tracing::warn!(service = %slot.name, error = %e, "service did not start");
+            let e = Arc::new(e);
+            let _ = settled.send(Err(e.clone()));
+            Next::Decide(DownReason::StartFailed(e))
+        }
+    };
+    shared.settle_one();
+
     let mut breaker = Breaker {
         limits: shared.limits,
         recent: VecDeque::new(),
     };
     // Operators waiting for a start to settle.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut next = match first {
-        Some(reason) => Next::Decide(reason),
-        None => Next::Watch,
-    };
     loop {
         next = match next {
             Next::Watch => {
@@ -306,24 +358,17 @@ pub(crate) async fn supervise(
                 });
                 let generation = slot.next_generation();
                 let target = Target::new(slot.name.clone(), slot.config.clone());
-                // A start is not cancelled half-way (that would orphan its
-                // process); if shutdown began meanwhile, the new incarnation
-                // is stopped here, and `shutdown_all` waits for this task.
-                let result = shared.connector.start(target).await;
+                let result = match shared.connector.spawn(target) {
+                    Ok(spawned) => ready_unless_shutdown(&shared, &slot, spawned).await,
+                    Err(e) => Err(e),
+                };
                 // Operators who asked for this start hear that it settled.
                 for done in waiting.drain(..) {
                     let _ = done.send(());
                 }
                 match result {
-                    Ok(started) if shared.shutdown.is_cancelled() => {
-                        let conn = started.extension.as_ref().map(|e| &e.connection);
-                        started
-                            .process
-                            .stop(conn, slot.config.shutdown_grace())
-                            .await;
-                        return;
-                    }
-                    Ok(started) => {
+                    Ok(None) => return,
+                    Ok(Some(started)) => {
                         shared.install(&slot, generation, started);
                         Next::Watch
                     }

@@ -68,9 +68,10 @@ pub use table::{Endpoint, RoutingTable};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::sync::watch;
 use tower::Service;
 
 use crate::proto::{ext_response::Msg, ExtRequest, RequestKind};
@@ -115,10 +116,21 @@ impl ToolCall {
 
 /// Routes each [`ToolCall`] to the endpoint that owns the tool.
 ///
-/// Cheap to clone; clones share the table.
-#[derive(Clone, Default)]
+/// Cheap to clone; clones share the table. While the installed table is
+/// [settling](RoutingTable::settling) (services still starting for the
+/// first time), a call to a tool it lacks waits for the next table instead
+/// of failing as unknown; put a deadline around the router to bound that.
+#[derive(Clone)]
 pub struct Router {
-    table: Arc<RwLock<Arc<RoutingTable>>>,
+    table: Arc<watch::Sender<Arc<RoutingTable>>>,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router {
+            table: Arc::new(watch::Sender::new(Arc::new(RoutingTable::default()))),
+        }
+    }
 }
 
 impl fmt::Debug for Router {
@@ -139,15 +151,12 @@ impl Router {
     /// Replaces the table, atomically for every clone: calls routed from
     /// now on use `table`; calls already routed finish where they went.
     pub fn install(&self, table: RoutingTable) {
-        *self.table.write().expect("routing table lock poisoned") = Arc::new(table);
+        self.table.send_replace(Arc::new(table));
     }
 
     /// The table in force.
     pub fn table(&self) -> Arc<RoutingTable> {
-        self.table
-            .read()
-            .expect("routing table lock poisoned")
-            .clone()
+        self.table.borrow().clone()
     }
 
     /// Every routed tool with its owner, in service-name order.
@@ -160,9 +169,38 @@ impl Router {
         self.table().conflicts().to_vec()
     }
 
-    fn route(&self, tool: &str) -> Option<Arc<Endpoint>> {
-        let table = self.table.read().expect("routing table lock poisoned");
-        table.route(tool).cloned()
+    /// The owner of `tool`, or whether to wait for one: `Err(true)` while
+    /// the table is settling.
+    fn route(&self, tool: &str) -> Result<Arc<Endpoint>, bool> {
+        let table = self.table.borrow();
+        table.route(tool).cloned().ok_or(table.is_settling())
+    }
+}
+
+/// Waits for tables until one routes `tool` or is no longer settling.
+async fn route_when_settled(
+    mut tables: watch::Receiver<Arc<RoutingTable>>,
+    tool: &str,
+) -> Option<Arc<Endpoint>> {
+    loop {
+        {
+            let table = tables.borrow_and_update();
+            if let Some(endpoint) = table.route(tool) {
+                return Some(endpoint.clone());
+            }
+            if !table.is_settling() {
+                return None;
+            }
+        }
+        tables.changed().await.ok()?;
+    }
+}
+
+async fn call_tool(endpoint: Arc<Endpoint>, call: ToolCall) -> Result<String, CallError> {
+    let req = ExtRequest::tool_call_full(call.name, call.args, call.agent, call.task_id);
+    match endpoint.request(req).await? {
+        Msg::ToolResult(r) => Ok(r.result),
+        other => Err(endpoint.unexpected(RequestKind::ToolCall, kind_of(other))),
     }
 }
 
@@ -197,17 +235,19 @@ impl Service<ToolCall> for Router {
 
     fn call(&mut self, call: ToolCall) -> ResponseFuture {
         let inner: Pin<Box<dyn Future<Output = _> + Send>> = match self.route(&call.name) {
-            None => Box::pin(std::future::ready(Err(CallError::UnknownTool {
+            Ok(endpoint) => Box::pin(call_tool(endpoint, call)),
+            Err(false) => Box::pin(std::future::ready(Err(CallError::UnknownTool {
                 tool: call.name,
             }))),
-            Some(endpoint) => Box::pin(async move {
-                let req =
-                    ExtRequest::tool_call_full(call.name, call.args, call.agent, call.task_id);
-                match endpoint.request(req).await? {
-                    Msg::ToolResult(r) => Ok(r.result),
-                    other => Err(endpoint.unexpected(RequestKind::ToolCall, kind_of(other))),
-                }
-            }),
+            Err(true) => {
+                let tables = self.table.subscribe();
+                Box::pin(async move {
+                    match route_when_settled(tables, &call.name).await {
+                        Some(endpoint) => call_tool(endpoint, call).await,
+                        None => Err(CallError::UnknownTool { tool: call.name }),
+                    }
+                })
+            }
         };
         ResponseFuture { inner }
     }

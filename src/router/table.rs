@@ -121,11 +121,13 @@ impl Endpoint {
             cause,
             delivered: false,
         })?;
-        self.wait_ready(&mut svc).await?;
+        self.wait_ready(&mut svc)
+            .await
+            .map_err(|e| self.while_shutting_down(e))?;
         let resp = svc
             .call(req)
             .await
-            .map_err(|e| CallError::from_stack(&self.name, e, true))?;
+            .map_err(|e| self.while_shutting_down(CallError::from_stack(&self.name, e, true)))?;
         match resp.msg {
             Some(Msg::Error(e)) => Err(CallError::Extension {
                 service: self.name.to_string(),
@@ -133,6 +135,25 @@ impl Endpoint {
             }),
             Some(msg) => Ok(msg),
             None => Err(self.unexpected(kind, ResponseKind::Empty)),
+        }
+    }
+
+    /// A connection that closed because the host is shutting the service
+    /// down is reported as that.
+    fn while_shutting_down(&self, e: CallError) -> CallError {
+        match e {
+            CallError::Unavailable {
+                service,
+                cause: Unavailable::Connection(_),
+                delivered,
+            } if matches!(self.service(), Err(Unavailable::ShuttingDown)) => {
+                CallError::Unavailable {
+                    service,
+                    cause: Unavailable::ShuttingDown,
+                    delivered,
+                }
+            }
+            e => e,
         }
     }
 
@@ -205,6 +226,7 @@ pub struct RoutingTable {
     routes: HashMap<String, Arc<Endpoint>>,
     tools: Vec<RegisteredTool>,
     conflicts: Vec<Conflict>,
+    settling: bool,
 }
 
 impl RoutingTable {
@@ -241,6 +263,20 @@ impl RoutingTable {
             }
         }
         table
+    }
+
+    /// Marks the table as settling: some services have not finished their
+    /// first start, so a tool missing from it may still appear. The router
+    /// holds a call to an unknown tool until the tool appears or a table
+    /// that is not settling is installed.
+    pub fn settling(mut self, settling: bool) -> Self {
+        self.settling = settling;
+        self
+    }
+
+    /// Whether some services have not finished their first start.
+    pub fn is_settling(&self) -> bool {
+        self.settling
     }
 
     /// The endpoint that owns `tool`.

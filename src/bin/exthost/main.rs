@@ -9,6 +9,7 @@
 
 mod check;
 mod run;
+mod signals;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -126,8 +127,17 @@ fn main() -> ExitCode {
         }
     };
     let code = rt.block_on(async {
+        // Before anything is spawned: see `signals`.
+        let mut signals = match signals::Signals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("exthost: cannot handle signals: {e}");
+                return 1;
+            }
+        };
+        let signals = &mut signals;
         match cli.command {
-            Command::Tools { config, json } => tools(&config, json).await,
+            Command::Tools { config, json } => tools(&config, json, signals).await,
             Command::Call {
                 config,
                 tool,
@@ -137,9 +147,9 @@ fn main() -> ExitCode {
                 timeout,
             } => {
                 let call = ToolCall::new(tool, args).agent(agent).task_id(task_id);
-                call_one(&config, call, timeout).await
+                call_one(&config, call, timeout, signals).await
             }
-            Command::Run { config } => run::run(&config).await,
+            Command::Run { config } => run::run(&config, signals).await,
             Command::Check {
                 config_json,
                 timeout,
@@ -173,16 +183,32 @@ fn load(path: &Path) -> Result<(HostConfig, Paths), u8> {
     Ok((cfg, paths))
 }
 
+/// A manager for the configuration at `path`, not started yet.
+fn manager(path: &Path) -> Result<ServiceManager, u8> {
+    let (cfg, paths) = load(path)?;
+    Ok(ServiceManager::with_paths(&cfg.services, paths))
+}
+
 /// Starts every service, with a line per service on stderr when it is a
 /// terminal.
-async fn start(path: &Path) -> Result<(ServiceManager, StartReport), u8> {
-    let (cfg, paths) = load(path)?;
-    let manager = ServiceManager::with_paths(&cfg.services, paths);
+async fn start(manager: &ServiceManager) -> StartReport {
+    start_in_background(manager).await.unwrap_or_default()
+}
+
+/// Spawns every service now, so that from here on the router holds calls
+/// to tools of services still starting; handshakes them in a task.
+fn start_in_background(manager: &ServiceManager) -> tokio::task::JoinHandle<StartReport> {
     let tty = std::io::stderr().is_terminal();
     if tty {
         eprintln!("starting {} services…", manager.services().count());
     }
-    let report = manager.start().await;
+    manager.spawn_all();
+    let manager = manager.clone();
+    tokio::spawn(async move { handshaken(&manager, tty).await })
+}
+
+async fn handshaken(manager: &ServiceManager, tty: bool) -> StartReport {
+    let report = manager.handshake_all().await;
     if tty {
         for name in &report.ready {
             eprintln!("  ready   {name}");
@@ -191,7 +217,13 @@ async fn start(path: &Path) -> Result<(ServiceManager, StartReport), u8> {
             eprintln!("  failed  {name}");
         }
     }
-    Ok((manager, report))
+    report
+}
+
+/// Stops everything gracefully after `signal`.
+async fn interrupted(manager: &ServiceManager, signal: &str) {
+    tracing::info!(signal, "signal received; shutting down");
+    manager.shutdown_all().await;
 }
 
 pub(crate) fn tools_json(manager: &ServiceManager) -> serde_json::Value {
@@ -209,10 +241,18 @@ pub(crate) fn tools_json(manager: &ServiceManager) -> serde_json::Value {
         .collect()
 }
 
-async fn tools(path: &Path, json: bool) -> u8 {
-    let (manager, report) = match start(path).await {
-        Ok(started) => started,
+async fn tools(path: &Path, json: bool, signals: &mut signals::Signals) -> u8 {
+    let manager = match manager(path) {
+        Ok(manager) => manager,
         Err(code) => return code,
+    };
+    let report = tokio::select! {
+        biased;
+        signal = signals.recv() => {
+            interrupted(&manager, signal).await;
+            return 1;
+        }
+        report = start(&manager) => report,
     };
     if json {
         println!("{}", tools_json(&manager));
@@ -263,30 +303,45 @@ fn exit_code(e: &CallError) -> u8 {
     }
 }
 
-async fn call_one(path: &Path, call: ToolCall, timeout: Option<Duration>) -> u8 {
-    let (manager, report) = match start(path).await {
-        Ok(started) => started,
+/// Calls one tool as soon as its owner is ready (the router holds a call
+/// to a tool it does not know yet while services are still starting), then
+/// shuts everything down.
+async fn call_one(
+    path: &Path,
+    call: ToolCall,
+    timeout: Option<Duration>,
+    signals: &mut signals::Signals,
+) -> u8 {
+    let manager = match manager(path) {
+        Ok(manager) => manager,
         Err(code) => return code,
     };
-    for (name, e) in &report.failed {
-        eprintln!("failed: {name}: {e}");
-    }
+    let starting = start_in_background(&manager);
     let tool = call.name.clone();
     let fut = manager.router().oneshot(call);
-    let result = match timeout {
-        None => fut.await,
-        Some(d) => match tokio::time::timeout(d, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(CallError::Timeout {
-                service: manager
-                    .tools()
-                    .into_iter()
-                    .find(|t| t.tool.name == tool)
-                    .map(|t| t.service)
-                    .unwrap_or_default(),
-                after: d,
-            }),
-        },
+    let result = tokio::select! {
+        biased;
+        signal = signals.recv() => {
+            interrupted(&manager, signal).await;
+            return 1;
+        }
+        result = async {
+            match timeout {
+                None => fut.await,
+                Some(d) => match tokio::time::timeout(d, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(CallError::Timeout {
+                        service: manager
+                            .tools()
+                            .into_iter()
+                            .find(|t| t.tool.name == tool)
+                            .map(|t| t.service)
+                            .unwrap_or_default(),
+                        after: d,
+                    }),
+                },
+            }
+        } => result,
     };
     let code = match result {
         Ok(text) => {
@@ -299,5 +354,10 @@ async fn call_one(path: &Path, call: ToolCall, timeout: Option<Duration>) -> u8 
         }
     };
     manager.shutdown_all().await;
+    if let Ok(report) = starting.await {
+        for (name, e) in &report.failed {
+            eprintln!("failed: {name}: {e}");
+        }
+    }
     code
 }

@@ -12,6 +12,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use crate::signals::Signals;
+
 /// A failed request: its kind and message.
 struct Failure {
     kind: &'static str,
@@ -47,14 +49,18 @@ fn bad_request(message: impl Into<String>) -> Failure {
     }
 }
 
-pub(crate) async fn run(path: &Path) -> u8 {
-    let (manager, report) = match super::start(path).await {
-        Ok(started) => started,
+/// Serves JSON lines from the first instant, while the services start.
+///
+/// Every accepted request gets exactly one answer: at end of input, the
+/// requests in flight finish, then everything shuts down; on a termination
+/// signal, shutdown begins at once alongside the requests in flight, which
+/// get their answers or `unavailable` as their extensions stop. Exit 0.
+pub(crate) async fn run(path: &Path, signals: &mut Signals) -> u8 {
+    let manager = match super::manager(path) {
+        Ok(manager) => manager,
         Err(code) => return code,
     };
-    for (name, e) in &report.failed {
-        tracing::warn!(service = %name, error = %e, "service did not start");
-    }
+    let starting = super::start_in_background(&manager);
 
     // One writer, so every answer goes out as one whole line.
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
@@ -70,15 +76,10 @@ pub(crate) async fn run(path: &Path) -> u8 {
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut inflight = JoinSet::new();
-    let stop = stop_signal();
-    tokio::pin!(stop);
-    loop {
+    let signal = loop {
         tokio::select! {
-            _ = &mut stop => {
-                tracing::info!("signal received; shutting down");
-                inflight.abort_all();
-                break;
-            }
+            biased;
+            signal = signals.recv() => break Some(signal),
             line = lines.next_line() => match line {
                 Ok(Some(line)) if line.trim().is_empty() => {}
                 Ok(Some(line)) => {
@@ -89,39 +90,32 @@ pub(crate) async fn run(path: &Path) -> u8 {
                     });
                 }
                 // End of input: finish what is in flight, then stop.
-                Ok(None) => {
-                    while inflight.join_next().await.is_some() {}
-                    break;
-                }
+                Ok(None) => break None,
                 Err(e) => {
                     tracing::error!(error = %e, "reading stdin failed");
-                    while inflight.join_next().await.is_some() {}
-                    break;
+                    break None;
                 }
             },
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
         }
+    };
+    let drain = async { while inflight.join_next().await.is_some() {} };
+    match signal {
+        None => {
+            drain.await;
+            manager.shutdown_all().await;
+        }
+        Some(signal) => {
+            // New calls fail at once as shutting down; calls in flight get
+            // their answers while their extensions finish, or `unavailable`.
+            tracing::info!(signal, "signal received; shutting down");
+            tokio::join!(manager.shutdown_all(), drain);
+        }
     }
     drop(tx);
     let _ = writer.await;
-    manager.shutdown_all().await;
+    let _ = starting.await;
     0
-}
-
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }
 
 /// Answers one request line.

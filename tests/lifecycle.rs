@@ -1,0 +1,237 @@
+//! `exthost` from start-up to shutdown: requests are served from the first
+//! instant, signals are handled from the first instant, and every accepted
+//! request gets exactly one answer.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{alive, mock_bin, temp_dir};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn exthost() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_exthost"));
+    cmd.kill_on_drop(true).env_remove("RUST_LOG");
+    cmd
+}
+
+/// A fast `alpha` (a_ tools, `max_in_flight` 8) and a `beta` (b_ tools)
+/// that cannot bind its socket until a line is written to `gate`, a FIFO.
+fn fast_and_gated(dir: &Path) -> (PathBuf, PathBuf) {
+    let gate = dir.join("gate");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let script = dir.join("gated.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho $$ > {dir}/gated.pid\nread line < {gate}\nexec {mock} \"$@\"\n",
+            dir = dir.display(),
+            gate = gate.display(),
+            mock = mock_bin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = format!(
+        r#"services_dir = "{d}/services"
+logs_dir = "{d}/logs"
+[services.alpha]
+command = "{mock}"
+max_in_flight = 8
+env = {{ MOCK_PREFIX = "a_", MOCK_SERVICE = "alpha" }}
+[services.beta]
+command = "{script}"
+handshake_timeout = "60s"
+env = {{ MOCK_PREFIX = "b_", MOCK_SERVICE = "beta" }}
+"#,
+        d = dir.display(),
+        mock = mock_bin().display(),
+        script = script.display()
+    );
+    let cfg = dir.join("exthost.toml");
+    std::fs::write(&cfg, text).unwrap();
+    (cfg, gate)
+}
+
+/// Lets the gated service go on. The FIFO is opened read-write, so the
+/// line waits in it until the service reads it; keep the sender until then.
+async fn open_gate(gate: &Path) -> tokio::net::unix::pipe::Sender {
+    let mut tx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(gate)
+        .unwrap();
+    tx.write_all(b"go\n").await.unwrap();
+    tx
+}
+
+/// The gated script's pid, once it has written it.
+fn gated_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("gated.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+struct Run {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Run {
+    fn start(cfg: &Path) -> Self {
+        let mut child = exthost()
+            .args(["run", "--config"])
+            .arg(cfg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Run {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Option<Value> {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("no answer")
+            .unwrap()?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+    }
+
+    async fn ask(&mut self, line: &str) -> Value {
+        self.send(line).await;
+        self.recv().await.expect("stdout closed")
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    async fn exit_code(&mut self) -> Option<i32> {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("exthost did not exit")
+            .unwrap()
+            .code()
+    }
+}
+
+#[tokio::test]
+async fn run_answers_while_another_service_is_still_starting() {
+    let dir = temp_dir();
+    let (cfg, gate) = fast_and_gated(dir.path());
+    let mut run = Run::start(&cfg);
+    // beta cannot be ready until the gate opens; alpha answers meanwhile.
+    let echo = run
+        .ask(r#"{"id": 1, "tool": "a_echo", "args": "now"}"#)
+        .await;
+    assert_eq!(echo["ok"], "now", "{echo}");
+    let status = run.ask(r#"{"id": 2, "op": "status"}"#).await;
+    assert_eq!(status["ok"]["alpha"]["state"], "ready", "{status}");
+    assert_eq!(status["ok"]["beta"]["state"], "starting", "{status}");
+    // A call to a tool not known yet waits for the start to settle...
+    run.send(r#"{"id": 3, "tool": "b_echo", "args": "later"}"#)
+        .await;
+    let _gate = open_gate(&gate).await;
+    // ...and is answered once beta is ready.
+    let later = run.recv().await.unwrap();
+    assert_eq!(later["id"], 3);
+    assert_eq!(later["ok"], "later", "{later}");
+    drop(run.stdin.take());
+    assert_eq!(run.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn call_returns_as_soon_as_its_tools_owner_is_ready() {
+    let dir = temp_dir();
+    let (cfg, _gate) = fast_and_gated(dir.path());
+    // The gate is never opened: beta never becomes ready.
+    let out = tokio::time::timeout(
+        WAIT,
+        exthost()
+            .args(["call", "--config"])
+            .arg(&cfg)
+            .args(["a_echo", "hi"])
+            .output(),
+    )
+    .await
+    .expect("call waited for the service that cannot start")
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    let gated = gated_pid(dir.path()).expect("beta was started");
+    assert!(!alive(gated), "the service still starting was stopped");
+}
+
+#[tokio::test]
+async fn sigterm_during_start_up_stops_what_started_and_exits_0() {
+    let dir = temp_dir();
+    let (cfg, _gate) = fast_and_gated(dir.path());
+    let mut run = Run::start(&cfg);
+    let pid = run.ask(r#"{"id": 1, "tool": "a_pid"}"#).await;
+    let alpha: u32 = pid["ok"].as_str().unwrap().parse().unwrap();
+    // beta is still starting (held at the gate).
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(run.exit_code().await, Some(0));
+    assert!(!alive(alpha));
+    assert!(!alive(gated_pid(dir.path()).unwrap()));
+}
+
+#[tokio::test]
+async fn every_call_in_flight_is_answered_once_when_run_is_terminated() {
+    let dir = temp_dir();
+    let (cfg, gate) = fast_and_gated(dir.path());
+    let mut run = Run::start(&cfg);
+    let _gate = open_gate(&gate).await;
+    assert_eq!(
+        run.ask(r#"{"id": 0, "tool": "b_echo", "args": "up"}"#)
+            .await["ok"],
+        "up"
+    );
+    for id in 1..=5 {
+        run.send(&format!(
+            r#"{{"id": {id}, "tool": "a_sleep", "args": {{"ms": 300}}}}"#
+        ))
+        .await;
+    }
+    // Lines are read in order: this answer means all five were accepted.
+    let status = run.ask(r#"{"id": 6, "op": "status"}"#).await;
+    assert_eq!(status["id"], 6, "a sleep cannot have finished yet: {status}");
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut ids = Vec::new();
+    while let Some(answer) = run.recv().await {
+        let ok = answer["ok"] == "slept 300 ms";
+        let unavailable = answer["error"]["kind"] == "unavailable";
+        assert!(ok || unavailable, "{answer}");
+        ids.push(answer["id"].as_u64().unwrap());
+    }
+    ids.sort();
+    assert_eq!(ids, [1, 2, 3, 4, 5], "each call answered exactly once");
+    assert_eq!(run.exit_code().await, Some(0));
+}
