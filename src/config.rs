@@ -78,9 +78,17 @@ pub struct ServiceConfig {
     /// The binary's name, looked up in `$HOME/.cargo/bin`, then on `PATH`.
     #[serde(rename = "crate", alias = "krate", default)]
     pub krate: String,
-    /// An explicit path to the binary; wins over `crate`.
+    /// The binary; wins over `crate`. A path (with a `/`) is used as is
+    /// (relative to the configuration file's folder when loaded from a
+    /// file); a bare name is looked up on the service's own `env.PATH`,
+    /// else the host's `PATH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<PathBuf>,
+    /// The working directory of the service's process (default: the
+    /// host's). Relative to the configuration file's folder when loaded
+    /// from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
     /// Extra arguments, after the protocol's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
@@ -159,6 +167,7 @@ impl Default for ServiceConfig {
             kind: ServiceKind::Extension,
             krate: String::new(),
             command: None,
+            cwd: None,
             args: Vec::new(),
             restart: RestartPolicy::Never,
             enabled: true,
@@ -337,7 +346,9 @@ pub struct HostConfig {
     /// Where the sockets go (default: a private per-user runtime folder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services_dir: Option<PathBuf>,
-    /// Where the per-service log files go (default: `logs` beside the sockets).
+    /// Where the per-service log files go (default: a `logs` folder beside
+    /// `services_dir` when that is set, else the private per-user runtime
+    /// folder's; see [`HostConfig::paths`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_dir: Option<PathBuf>,
     /// The daemon's socket, passed to gateways.
@@ -452,17 +463,81 @@ impl HostConfig {
     }
 
     /// Reads a file: JSON when its name ends in `.json`, TOML otherwise.
+    ///
+    /// Relative paths in it (`services_dir`, `logs_dir`, `daemon_socket`,
+    /// and each service's `command` when it is a path, and `cwd`) are
+    /// resolved against the file's folder, so that the file means the same
+    /// from any working directory.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        if path.extension().is_some_and(|e| e == "json") {
-            Self::from_json_str(&text)
+        let mut cfg = if path.extension().is_some_and(|e| e == "json") {
+            Self::from_json_str(&text)?
         } else {
-            Self::from_toml_str(&text)
+            Self::from_toml_str(&text)?
+        };
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_owned))
+            .unwrap_or_default();
+        cfg.resolve_relative_to(&base);
+        Ok(cfg)
+    }
+
+    /// Makes every relative path in the configuration relative to `base`
+    /// (what [`load`](Self::load) does with the file's folder). A
+    /// `command` without a `/` is a name to look up, and stays as it is.
+    pub fn resolve_relative_to(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for dir in [
+            &mut self.services_dir,
+            &mut self.logs_dir,
+            &mut self.daemon_socket,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(dir);
         }
+        for service in self.services.values_mut() {
+            if let Some(cmd) = &mut service.command {
+                if cmd.components().count() > 1 {
+                    resolve(cmd);
+                }
+            }
+            if let Some(cwd) = &mut service.cwd {
+                resolve(cwd);
+            }
+        }
+    }
+
+    /// Where sockets, logs and the daemon socket go: the configured folders,
+    /// and for what is not configured the private per-user runtime folder
+    /// ([`Paths::runtime_default`]), except that logs go to a `logs` folder
+    /// beside `services_dir` when only that is set.
+    pub fn paths(&self) -> crate::process::Paths {
+        let mut paths = crate::process::Paths::runtime_default();
+        if let Some(d) = &self.services_dir {
+            paths.services_dir = d.clone();
+            paths.logs_dir = match d.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent.join("logs"),
+                _ => d.join("logs"),
+            };
+        }
+        if let Some(d) = &self.logs_dir {
+            paths.logs_dir = d.clone();
+        }
+        if let Some(d) = &self.daemon_socket {
+            paths.daemon_socket = d.clone();
+        }
+        paths
     }
 
     /// Validates every service.

@@ -170,16 +170,7 @@ fn load(path: &Path) -> Result<(HostConfig, Paths), u8> {
         eprintln!("exthost: {e}");
         1
     })?;
-    let mut paths = Paths::runtime_default();
-    if let Some(d) = &cfg.services_dir {
-        paths.services_dir = d.clone();
-    }
-    if let Some(d) = &cfg.logs_dir {
-        paths.logs_dir = d.clone();
-    }
-    if let Some(d) = &cfg.daemon_socket {
-        paths.daemon_socket = d.clone();
-    }
+    let paths = cfg.paths();
     Ok((cfg, paths))
 }
 
