@@ -79,6 +79,7 @@ pub mod proto;
 pub mod registry;
 pub mod router;
 pub mod server;
+mod socket;
 pub mod stack;
 pub mod status;
 mod tool;

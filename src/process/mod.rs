@@ -52,6 +52,7 @@ use tokio::sync::watch;
 use crate::client::Connection;
 use crate::config::{ServiceConfig, ServiceKind};
 use crate::connector::StartError;
+use crate::socket::remove_stale_socket;
 
 /// How long to wait for a process's exit after its connection closed, so
 /// that a crash is reported by its exit status.
@@ -460,32 +461,5 @@ impl Drop for KillGroupOnDrop {
         if let Some(pid) = self.0 {
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
-    }
-}
-
-/// Removes a stale socket of ours at `path`; a socket of another user, or
-/// any other kind of file, is an error and stays.
-pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta)
-            if meta.file_type().is_socket() && meta.uid() != nix::unistd::geteuid().as_raw() =>
-        {
-            Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "{} is a socket owned by uid {}, not by us; refusing to replace it",
-                    path.display(),
-                    meta.uid()
-                ),
-            ))
-        }
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket", path.display()),
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
     }
 }
