@@ -11,7 +11,7 @@ use common::{alive, gone_within, mock_bin, temp_dir};
 use exthost::config::ServiceConfig;
 use exthost::connector::{Connector, Started, Target};
 use exthost::handshake::HandshakeError;
-use exthost::process::{Paths, StopOutcome};
+use exthost::process::{Paths, SpawnError, StopOutcome};
 use exthost::proto::{ExtRequest, ExtResponse};
 use exthost::StartError;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -86,7 +86,7 @@ async fn missing_binary_error_says_where_it_looked() {
         .await
         .unwrap_err();
     match &err {
-        StartError::BinaryNotFound { service, looked } => {
+        StartError::Spawn(SpawnError::BinaryNotFound { service, looked }) => {
             assert_eq!(service, "ghost");
             assert!(
                 looked
@@ -104,7 +104,10 @@ async fn missing_binary_error_says_where_it_looked() {
         .start(Target::new("ghost", ServiceConfig::command(&missing)))
         .await
         .unwrap_err();
-    assert!(matches!(err, StartError::BinaryNotFound { .. }), "{err:?}");
+    assert!(
+        matches!(err, StartError::Spawn(SpawnError::BinaryNotFound { .. })),
+        "{err:?}"
+    );
 
     let not_exec = dir.path().join("plain-file");
     std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
@@ -112,7 +115,38 @@ async fn missing_binary_error_says_where_it_looked() {
         .start(Target::new("ghost", ServiceConfig::command(&not_exec)))
         .await
         .unwrap_err();
-    assert!(matches!(err, StartError::NotExecutable { .. }), "{err:?}");
+    assert!(
+        matches!(err, StartError::Spawn(SpawnError::NotExecutable { .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn binary_the_os_cannot_exec_is_an_exec_error_naming_it() {
+    let dir = temp_dir();
+    let script = dir.path().join("bad-interpreter");
+    std::fs::write(&script, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = Connector::new(paths(dir.path()))
+        .start(Target::new("broken", ServiceConfig::command(&script)))
+        .await
+        .unwrap_err();
+    match &err {
+        StartError::Spawn(SpawnError::Exec {
+            service, binary, ..
+        }) => {
+            assert_eq!(service, "broken");
+            assert_eq!(binary, &script);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        err.to_string().starts_with(&format!(
+            "service `broken`: cannot spawn {}: ",
+            script.display()
+        )),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -226,7 +260,7 @@ async fn over_long_socket_path_is_a_clear_error() {
         .await
         .unwrap_err();
     match &err {
-        StartError::SocketPathTooLong { path, max, .. } => {
+        StartError::Spawn(SpawnError::SocketPathTooLong { path, max, .. }) => {
             assert_eq!(*max, 107);
             assert!(path.ends_with("services/svc.sock"));
         }
@@ -396,7 +430,7 @@ async fn unusable_folders_are_errors_naming_them_and_others_still_start() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, StartError::Io { what, .. } if *what == "create the services folder"),
+        matches!(&err, StartError::Spawn(SpawnError::Io { what, .. }) if *what == "create the services folder"),
         "{err:?}"
     );
     let bad_logs = Paths {
@@ -409,7 +443,7 @@ async fn unusable_folders_are_errors_naming_them_and_others_still_start() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, StartError::Io { what, .. } if *what == "create the logs folder"),
+        matches!(&err, StartError::Spawn(SpawnError::Io { what, .. }) if *what == "create the logs folder"),
         "{err:?}"
     );
     assert!(err.to_string().contains("service `svc`"), "{err}");

@@ -3,12 +3,12 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
+use super::SpawnError;
 use crate::config::ServiceConfig;
-use crate::connector::StartError;
 
 /// Finds the binary of `config`: `command` if given, else
 /// `$HOME/.cargo/bin/<crate>`, else `<crate>` on `PATH`.
-pub fn resolve_binary(name: &str, config: &ServiceConfig) -> Result<PathBuf, StartError> {
+pub fn resolve_binary(name: &str, config: &ServiceConfig) -> Result<PathBuf, SpawnError> {
     let mut looked = Vec::new();
     let mut candidates = Vec::new();
     if let Some(cmd) = &config.command {
@@ -25,7 +25,7 @@ pub fn resolve_binary(name: &str, config: &ServiceConfig) -> Result<PathBuf, Sta
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() && meta.mode() & 0o111 != 0 => return Ok(path),
             Ok(meta) if meta.is_file() && config.command.is_some() => {
-                return Err(StartError::NotExecutable {
+                return Err(SpawnError::NotExecutable {
                     service: name.to_owned(),
                     path,
                 })
@@ -33,7 +33,7 @@ pub fn resolve_binary(name: &str, config: &ServiceConfig) -> Result<PathBuf, Sta
             _ => looked.push(path),
         }
     }
-    Err(StartError::BinaryNotFound {
+    Err(SpawnError::BinaryNotFound {
         service: name.to_owned(),
         looked,
     })

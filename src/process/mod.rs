@@ -14,6 +14,10 @@
 //! - [`ProcessHandle::stop`] is graceful: `shutdown`, then SIGTERM, then
 //!   SIGKILL, each after the grace period, and the child is always reaped.
 //!
+//! What goes wrong before the process runs is a [`SpawnError`] naming the
+//! service: invalid configuration, no binary, a socket path too long, a
+//! folder that cannot be made private, or an `exec` that failed.
+//!
 //! The [`connector`](crate::connector) builds on this to wait for the socket,
 //! check the peer and run the handshake.
 //!
@@ -33,16 +37,16 @@
 //! ```
 
 mod binary;
+mod error;
 mod handle;
 mod paths;
-mod peer;
 mod spawn;
 mod sys;
 
 pub use binary::resolve_binary;
+pub use error::SpawnError;
 pub use handle::{ProcessHandle, StopOutcome};
 pub use paths::{check_socket_path, prepare_private_dir, Paths, MAX_SOCKET_PATH};
 pub use spawn::{spawn, spawn_command};
 
 pub(crate) use handle::EXIT_AFTER_CLOSE;
-pub(crate) use peer::check_peer;

@@ -4,7 +4,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::connector::StartError;
+use super::SpawnError;
 
 /// The longest Unix socket path Linux accepts (`sun_path` is 108 bytes,
 /// one of them the terminating NUL).
@@ -84,10 +84,10 @@ pub fn prepare_private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Checks that a socket path fits the OS limit.
-pub fn check_socket_path(path: &Path) -> Result<(), StartError> {
+pub fn check_socket_path(path: &Path) -> Result<(), SpawnError> {
     let len = path.as_os_str().len();
     if len > MAX_SOCKET_PATH {
-        return Err(StartError::SocketPathTooLong {
+        return Err(SpawnError::SocketPathTooLong {
             path: path.to_owned(),
             len,
             max: MAX_SOCKET_PATH,

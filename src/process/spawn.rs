@@ -10,10 +10,10 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
-use super::sys;
-use super::{check_socket_path, prepare_private_dir, resolve_binary, Paths, ProcessHandle};
+use super::{
+    check_socket_path, prepare_private_dir, resolve_binary, sys, Paths, ProcessHandle, SpawnError,
+};
 use crate::config::{ServiceConfig, ServiceKind};
-use crate::connector::StartError;
 use crate::socket::remove_stale_socket;
 
 /// Spawns the process of service `name`. Must be called inside a tokio
@@ -23,8 +23,8 @@ pub fn spawn(
     name: &str,
     config: &ServiceConfig,
     paths: &Paths,
-) -> Result<ProcessHandle, StartError> {
-    config.validate(name).map_err(StartError::Config)?;
+) -> Result<ProcessHandle, SpawnError> {
+    config.validate(name).map_err(SpawnError::Config)?;
     let binary = resolve_binary(name, config)?;
     let io_err = |what| io_error(name, what);
     prepare_private_dir(&paths.logs_dir).map_err(io_err("create the logs folder"))?;
@@ -72,7 +72,7 @@ pub fn spawn_command(
     mut cmd: tokio::process::Command,
     socket: Option<PathBuf>,
     log: &Path,
-) -> Result<ProcessHandle, StartError> {
+) -> Result<ProcessHandle, SpawnError> {
     let io_err = |what| io_error(name, what);
     let program = PathBuf::from(cmd.as_std().get_program());
     let mut log_file = OpenOptions::new()
@@ -93,7 +93,7 @@ pub fn spawn_command(
         .kill_on_drop(true);
     sys::kill_with_parent(&mut cmd);
 
-    let mut child = cmd.spawn().map_err(|source| StartError::Spawn {
+    let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
         service: name.to_owned(),
         binary: program.clone(),
         source,
@@ -116,9 +116,9 @@ pub fn spawn_command(
 }
 
 /// Wraps an i/o error of `service` while it did `what`.
-fn io_error(service: &str, what: &'static str) -> impl FnOnce(io::Error) -> StartError {
+fn io_error(service: &str, what: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
     let service = service.to_owned();
-    move |source| StartError::Io {
+    move |source| SpawnError::Io {
         service,
         what,
         source,
