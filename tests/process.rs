@@ -15,6 +15,7 @@ use exthost::process::{Paths, SpawnError, StopOutcome};
 use exthost::proto::{ExtRequest, ExtResponse};
 use exthost::StartError;
 use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::io::AsyncReadExt;
 use tower::ServiceExt;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -374,6 +375,7 @@ async fn killing_the_host_with_sigkill_leaves_no_extension_alive() {
 async fn gateway_is_spawned_with_daemon_and_config_and_the_environment() {
     let dir = temp_dir();
     let out = dir.path().join("gateway.out");
+    let mut fifo = Fifo::create(&out);
     let script = dir.path().join("gateway.sh");
     std::fs::write(
         &script,
@@ -393,15 +395,8 @@ async fn gateway_is_spawned_with_daemon_and_config_and_the_environment() {
     let connector = Connector::new(paths(dir.path()));
     let started = connector.start(Target::new("gw", cfg)).await.unwrap();
     assert!(started.extension.is_none(), "gateways are not handshaken");
-    // The script writes its file before it execs; wait for it (bounded).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let text = loop {
-        match std::fs::read_to_string(&out) {
-            Ok(t) if t.lines().count() == 2 => break t,
-            _ if tokio::time::Instant::now() > deadline => panic!("gateway wrote nothing"),
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    };
+    // The script writes its two lines into the FIFO before it execs.
+    let text = fifo.read_lines(2).await;
     let daemon = dir.path().join("daemon.sock");
     assert_eq!(
         text,
@@ -412,6 +407,51 @@ async fn gateway_is_spawned_with_daemon_and_config_and_the_environment() {
     );
     let outcome = started.process.stop(None, Duration::from_secs(2)).await;
     assert!(matches!(outcome, StopOutcome::Terminated(_)), "{outcome:?}");
+}
+
+/// A FIFO that a spawned script writes its observations into, read by the
+/// test as they arrive.
+struct Fifo {
+    receiver: tokio::net::unix::pipe::Receiver,
+    text: Vec<u8>,
+}
+
+impl Fifo {
+    /// Makes a FIFO at `path` and opens it for reading. Opened read-write,
+    /// so that writers never block on opening it and their closing it is no
+    /// end of file.
+    fn create(path: &std::path::Path) -> Self {
+        nix::unistd::mkfifo(
+            path,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        let receiver = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(path)
+            .unwrap();
+        Fifo {
+            receiver,
+            text: Vec::new(),
+        }
+    }
+
+    /// Everything written so far, once it holds `n` lines (bounded by
+    /// [`WAIT`]).
+    async fn read_lines(&mut self, n: usize) -> String {
+        let read = async {
+            while self.text.iter().filter(|b| **b == b'\n').count() < n {
+                self.receiver.read_buf(&mut self.text).await.unwrap();
+            }
+        };
+        if tokio::time::timeout(WAIT, read).await.is_err() {
+            panic!(
+                "waited {WAIT:?} for {n} lines; got {:?}",
+                String::from_utf8_lossy(&self.text)
+            );
+        }
+        String::from_utf8(self.text.clone()).unwrap()
+    }
 }
 
 #[tokio::test]
