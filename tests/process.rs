@@ -409,6 +409,89 @@ async fn gateway_is_spawned_with_daemon_and_config_and_the_environment() {
     assert!(matches!(outcome, StopOutcome::Terminated(_)), "{outcome:?}");
 }
 
+#[tokio::test]
+async fn children_see_the_hosts_rust_log_unless_their_config_sets_one() {
+    let dir = temp_dir();
+    let out = dir.path().join("gateway.out");
+    let mut fifo = Fifo::create(&out);
+    std::fs::write(
+        dir.path().join("gateway.sh"),
+        format!(
+            "#!/bin/sh\necho \"$GW_NAME RUST_LOG=$RUST_LOG\" >> {out}\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dir.path().join("gateway.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    // The host is this test binary again, with RUST_LOG set in its
+    // environment to a value no one else uses.
+    let marker = format!("exthost_rust_log_marker_{}=trace", std::process::id());
+    let host = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "rust_log_host_entry",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env("EXTHOST_TEST_RUST_LOG_DIR", dir.path())
+        .env("RUST_LOG", &marker)
+        .kill_on_drop(true)
+        .output();
+    let host = tokio::time::timeout(WAIT, host)
+        .await
+        .expect("the host did not finish")
+        .unwrap();
+    assert!(
+        host.status.success(),
+        "the host failed: {}{}",
+        String::from_utf8_lossy(&host.stdout),
+        String::from_utf8_lossy(&host.stderr)
+    );
+    let text = fifo.read_lines(2).await;
+    assert_eq!(
+        text,
+        format!("inherits RUST_LOG={marker}\noverrides RUST_LOG=debug\n")
+    );
+}
+
+/// Not a test on its own: the host process for
+/// `children_see_the_hosts_rust_log_unless_their_config_sets_one`, which
+/// sets `RUST_LOG` in its environment. Starts the folder's `gateway.sh`
+/// twice, once with a config that sets no `RUST_LOG` and once with one that
+/// does, each until it exits.
+#[test]
+#[ignore = "run by another test as a child process"]
+fn rust_log_host_entry() {
+    let Ok(dir) = std::env::var("EXTHOST_TEST_RUST_LOG_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let gateway = |name: &str| {
+        let mut cfg = ServiceConfig::command(dir.join("gateway.sh")).with_env("GW_NAME", name);
+        cfg.kind = exthost::config::ServiceKind::Gateway;
+        cfg
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let connector = Connector::new(paths(&dir));
+        for (name, cfg) in [
+            ("inherits", gateway("inherits")),
+            (
+                "overrides",
+                gateway("overrides").with_env("RUST_LOG", "debug"),
+            ),
+        ] {
+            let started = connector.start(Target::new(name, cfg)).await.unwrap();
+            let status = started.process.exited().await;
+            assert!(status.success(), "{name}: {status}");
+        }
+    });
+}
+
 /// A FIFO that a spawned script writes its observations into, read by the
 /// test as they arrive.
 struct Fifo {

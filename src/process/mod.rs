@@ -3,9 +3,10 @@
 //!
 //! [`spawn`] starts one service's process the way the reference did
 //! (`serve --socket <services_dir>/<name>.sock`, or `serve --daemon …
-//! --config …` for gateways; env from the config; `RUST_LOG` forwarded
-//! unless set; stdout and stderr appended to `<logs_dir>/<name>.log`; stale
-//! socket removed) and more safely:
+//! --config …` for gateways; the host's environment inherited, `RUST_LOG`
+//! included, with the config's `env` on top, so a `RUST_LOG` there wins;
+//! stdout and stderr appended to `<logs_dir>/<name>.log`; stale socket
+//! removed) and more safely:
 //!
 //! - each child leads its own process group, so signals reach whatever it
 //!   forks;

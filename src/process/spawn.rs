@@ -19,6 +19,9 @@ use crate::socket::remove_stale_socket;
 /// Spawns the process of service `name`. Must be called inside a tokio
 /// runtime, from a thread that lives as long as the host (see
 /// [`ProcessHandle`]).
+///
+/// The child inherits the host's environment, `RUST_LOG` included, with the
+/// config's `env` set on top: a `RUST_LOG` there wins over the host's.
 pub fn spawn(
     name: &str,
     config: &ServiceConfig,
@@ -52,11 +55,6 @@ pub fn spawn(
     };
     cmd.args(&config.args);
     cmd.envs(&config.env);
-    if !config.env.contains_key("RUST_LOG") {
-        if let Some(level) = std::env::var_os("RUST_LOG") {
-            cmd.env("RUST_LOG", level);
-        }
-    }
     spawn_command(name, cmd, socket, &paths.log(name))
 }
 
