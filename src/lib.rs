@@ -82,6 +82,7 @@ pub mod proto;
 pub mod registry;
 pub mod router;
 pub mod server;
+mod socket;
 pub mod stack;
 pub mod status;
 mod tool;

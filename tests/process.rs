@@ -11,10 +11,11 @@ use common::{alive, gone_within, mock_bin, temp_dir};
 use exthost::config::ServiceConfig;
 use exthost::connector::{Connector, Started, Target};
 use exthost::handshake::HandshakeError;
-use exthost::process::{Paths, StopOutcome};
+use exthost::process::{Paths, SpawnError, StopOutcome};
 use exthost::proto::{ExtRequest, ExtResponse};
 use exthost::StartError;
 use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::io::AsyncReadExt;
 use tower::ServiceExt;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -86,7 +87,7 @@ async fn missing_binary_error_says_where_it_looked() {
         .await
         .unwrap_err();
     match &err {
-        StartError::BinaryNotFound { service, looked } => {
+        StartError::Spawn(SpawnError::BinaryNotFound { service, looked }) => {
             assert_eq!(service, "ghost");
             assert!(
                 looked
@@ -104,7 +105,10 @@ async fn missing_binary_error_says_where_it_looked() {
         .start(Target::new("ghost", ServiceConfig::command(&missing)))
         .await
         .unwrap_err();
-    assert!(matches!(err, StartError::BinaryNotFound { .. }), "{err:?}");
+    assert!(
+        matches!(err, StartError::Spawn(SpawnError::BinaryNotFound { .. })),
+        "{err:?}"
+    );
 
     let not_exec = dir.path().join("plain-file");
     std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
@@ -112,7 +116,38 @@ async fn missing_binary_error_says_where_it_looked() {
         .start(Target::new("ghost", ServiceConfig::command(&not_exec)))
         .await
         .unwrap_err();
-    assert!(matches!(err, StartError::NotExecutable { .. }), "{err:?}");
+    assert!(
+        matches!(err, StartError::Spawn(SpawnError::NotExecutable { .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn binary_the_os_cannot_exec_is_an_exec_error_naming_it() {
+    let dir = temp_dir();
+    let script = dir.path().join("bad-interpreter");
+    std::fs::write(&script, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = Connector::new(paths(dir.path()))
+        .start(Target::new("broken", ServiceConfig::command(&script)))
+        .await
+        .unwrap_err();
+    match &err {
+        StartError::Spawn(SpawnError::Exec {
+            service, binary, ..
+        }) => {
+            assert_eq!(service, "broken");
+            assert_eq!(binary, &script);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        err.to_string().starts_with(&format!(
+            "service `broken`: cannot spawn {}: ",
+            script.display()
+        )),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -226,7 +261,7 @@ async fn over_long_socket_path_is_a_clear_error() {
         .await
         .unwrap_err();
     match &err {
-        StartError::SocketPathTooLong { path, max, .. } => {
+        StartError::Spawn(SpawnError::SocketPathTooLong { path, max, .. }) => {
             assert_eq!(*max, 107);
             assert!(path.ends_with("services/svc.sock"));
         }
@@ -340,6 +375,7 @@ async fn killing_the_host_with_sigkill_leaves_no_extension_alive() {
 async fn gateway_is_spawned_with_daemon_and_config_and_the_environment() {
     let dir = temp_dir();
     let out = dir.path().join("gateway.out");
+    let mut fifo = Fifo::create(&out);
     let script = dir.path().join("gateway.sh");
     std::fs::write(
         &script,
@@ -359,15 +395,8 @@ async fn gateway_is_spawned_with_daemon_and_config_and_the_environment() {
     let connector = Connector::new(paths(dir.path()));
     let started = connector.start(Target::new("gw", cfg)).await.unwrap();
     assert!(started.extension.is_none(), "gateways are not handshaken");
-    // The script writes its file before it execs; wait for it (bounded).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let text = loop {
-        match std::fs::read_to_string(&out) {
-            Ok(t) if t.lines().count() == 2 => break t,
-            _ if tokio::time::Instant::now() > deadline => panic!("gateway wrote nothing"),
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    };
+    // The script writes its two lines into the FIFO before it execs.
+    let text = fifo.read_lines(2).await;
     let daemon = dir.path().join("daemon.sock");
     assert_eq!(
         text,
@@ -378,6 +407,134 @@ async fn gateway_is_spawned_with_daemon_and_config_and_the_environment() {
     );
     let outcome = started.process.stop(None, Duration::from_secs(2)).await;
     assert!(matches!(outcome, StopOutcome::Terminated(_)), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn children_see_the_hosts_rust_log_unless_their_config_sets_one() {
+    let dir = temp_dir();
+    let out = dir.path().join("gateway.out");
+    let mut fifo = Fifo::create(&out);
+    std::fs::write(
+        dir.path().join("gateway.sh"),
+        format!(
+            "#!/bin/sh\necho \"$GW_NAME RUST_LOG=$RUST_LOG\" >> {out}\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dir.path().join("gateway.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    // The host is this test binary again, with RUST_LOG set in its
+    // environment to a value no one else uses.
+    let marker = format!("exthost_rust_log_marker_{}=trace", std::process::id());
+    let host = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "rust_log_host_entry",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env("EXTHOST_TEST_RUST_LOG_DIR", dir.path())
+        .env("RUST_LOG", &marker)
+        .kill_on_drop(true)
+        .output();
+    let host = tokio::time::timeout(WAIT, host)
+        .await
+        .expect("the host did not finish")
+        .unwrap();
+    assert!(
+        host.status.success(),
+        "the host failed: {}{}",
+        String::from_utf8_lossy(&host.stdout),
+        String::from_utf8_lossy(&host.stderr)
+    );
+    let text = fifo.read_lines(2).await;
+    assert_eq!(
+        text,
+        format!("inherits RUST_LOG={marker}\noverrides RUST_LOG=debug\n")
+    );
+}
+
+/// Not a test on its own: the host process for
+/// `children_see_the_hosts_rust_log_unless_their_config_sets_one`, which
+/// sets `RUST_LOG` in its environment. Starts the folder's `gateway.sh`
+/// twice, once with a config that sets no `RUST_LOG` and once with one that
+/// does, each until it exits.
+#[test]
+#[ignore = "run by another test as a child process"]
+fn rust_log_host_entry() {
+    let Ok(dir) = std::env::var("EXTHOST_TEST_RUST_LOG_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let gateway = |name: &str| {
+        let mut cfg = ServiceConfig::command(dir.join("gateway.sh")).with_env("GW_NAME", name);
+        cfg.kind = exthost::config::ServiceKind::Gateway;
+        cfg
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let connector = Connector::new(paths(&dir));
+        for (name, cfg) in [
+            ("inherits", gateway("inherits")),
+            (
+                "overrides",
+                gateway("overrides").with_env("RUST_LOG", "debug"),
+            ),
+        ] {
+            let started = connector.start(Target::new(name, cfg)).await.unwrap();
+            let status = started.process.exited().await;
+            assert!(status.success(), "{name}: {status}");
+        }
+    });
+}
+
+/// A FIFO that a spawned script writes its observations into, read by the
+/// test as they arrive.
+struct Fifo {
+    receiver: tokio::net::unix::pipe::Receiver,
+    text: Vec<u8>,
+}
+
+impl Fifo {
+    /// Makes a FIFO at `path` and opens it for reading. Opened read-write,
+    /// so that writers never block on opening it and their closing it is no
+    /// end of file.
+    fn create(path: &std::path::Path) -> Self {
+        nix::unistd::mkfifo(
+            path,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        let receiver = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(path)
+            .unwrap();
+        Fifo {
+            receiver,
+            text: Vec::new(),
+        }
+    }
+
+    /// Everything written so far, once it holds `n` lines (bounded by
+    /// [`WAIT`]).
+    async fn read_lines(&mut self, n: usize) -> String {
+        let read = async {
+            while self.text.iter().filter(|b| **b == b'\n').count() < n {
+                self.receiver.read_buf(&mut self.text).await.unwrap();
+            }
+        };
+        if tokio::time::timeout(WAIT, read).await.is_err() {
+            panic!(
+                "waited {WAIT:?} for {n} lines; got {:?}",
+                String::from_utf8_lossy(&self.text)
+            );
+        }
+        String::from_utf8(self.text.clone()).unwrap()
+    }
 }
 
 #[tokio::test]
@@ -396,7 +553,7 @@ async fn unusable_folders_are_errors_naming_them_and_others_still_start() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, StartError::Io { what, .. } if *what == "create the services folder"),
+        matches!(&err, StartError::Spawn(SpawnError::Io { what, .. }) if *what == "create the services folder"),
         "{err:?}"
     );
     let bad_logs = Paths {
@@ -409,7 +566,7 @@ async fn unusable_folders_are_errors_naming_them_and_others_still_start() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, StartError::Io { what, .. } if *what == "create the logs folder"),
+        matches!(&err, StartError::Spawn(SpawnError::Io { what, .. }) if *what == "create the logs folder"),
         "{err:?}"
     );
     assert!(err.to_string().contains("service `svc`"), "{err}");

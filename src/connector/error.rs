@@ -1,69 +1,18 @@
 //! Why an extension could not be started: [`StartError`].
 
-use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use crate::config::ConfigError;
 use crate::handshake::HandshakeError;
+use crate::process::SpawnError;
 
 /// Why an extension could not be started.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The service's configuration is invalid.
-    #[error(transparent)]
-    Config(ConfigError),
-    /// No binary was found.
-    #[error("service `{service}`: binary not found; looked in {}", display_paths(.looked))]
-    BinaryNotFound {
-        /// The service.
-        service: String,
-        /// Every place looked, in order.
-        looked: Vec<PathBuf>,
-    },
-    /// The binary exists but is not executable.
-    #[error("service `{service}`: {path} is not executable")]
-    NotExecutable {
-        /// The service.
-        service: String,
-        /// The binary.
-        path: PathBuf,
-    },
-    /// The socket path is longer than the OS accepts.
-    #[error(
-        "socket path {path} is {len} bytes, over the OS limit of {max}; use a shorter services_dir"
-    )]
-    SocketPathTooLong {
-        /// The path.
-        path: PathBuf,
-        /// Its length in bytes.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A file-system step failed.
-    #[error("service `{service}`: cannot {what}: {source}")]
-    Io {
-        /// The service.
-        service: String,
-        /// What was being done.
-        what: &'static str,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
     /// The process could not be spawned.
-    #[error("service `{service}`: cannot spawn {binary}: {source}")]
-    Spawn {
-        /// The service.
-        service: String,
-        /// The binary.
-        binary: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
     /// The process exited before it was ready.
     #[error(
         "service `{service}` exited before it was ready ({status}); last log lines:\n{log_tail}"
@@ -98,6 +47,17 @@ pub enum StartError {
         /// The peer's user id.
         peer_uid: u32,
     },
+    /// Reading the peer's credentials failed.
+    #[error("service `{service}`: cannot {what}: {source}")]
+    Io {
+        /// The service.
+        service: String,
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The handshake failed.
     #[error("service `{service}`: handshake failed: {source}")]
     Handshake {
@@ -107,15 +67,4 @@ pub enum StartError {
         #[source]
         source: HandshakeError,
     },
-}
-
-fn display_paths(paths: &[PathBuf]) -> String {
-    if paths.is_empty() {
-        return "nowhere (no HOME, no PATH)".to_owned();
-    }
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }

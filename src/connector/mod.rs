@@ -34,6 +34,7 @@
 //! ```
 
 mod error;
+mod peer;
 
 pub use error::StartError;
 
@@ -307,7 +308,7 @@ async fn connect_and_handshake(
     };
 
     let stream = wait_for_socket(name, proc, config.handshake_timeout()).await?;
-    process::check_peer(name, &stream, proc.pid())?;
+    peer::check_peer(name, &stream, proc.pid())?;
 
     let connected = tokio::select! {
         connected = connector.connect(name, config, stream) => connected,

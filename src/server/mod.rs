@@ -66,6 +66,7 @@ use tokio_util::sync::CancellationToken;
 use tower::{BoxError, Service};
 
 use crate::proto::{Capability, ExtToolCall, PROTOCOL_VERSION};
+use crate::socket::remove_stale_socket;
 use crate::tool::Tool;
 use protocol::{Protocol, ServerTransport};
 
@@ -314,7 +315,7 @@ impl Meta {
 
 fn bind(path: &Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    crate::process::remove_stale_socket(path)?;
+    remove_stale_socket(path)?;
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)

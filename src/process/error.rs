@@ -1,0 +1,79 @@
+//! Why a process could not be spawned: [`SpawnError`].
+
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+
+/// Why a service's process could not be spawned.
+///
+/// The [`connector`](crate::connector) wraps it in
+/// [`StartError::Spawn`](crate::connector::StartError::Spawn), with the same
+/// message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The service's configuration is invalid.
+    #[error(transparent)]
+    Config(ConfigError),
+    /// No binary was found.
+    #[error("service `{service}`: binary not found; looked in {}", display_paths(.looked))]
+    BinaryNotFound {
+        /// The service.
+        service: String,
+        /// Every place looked, in order.
+        looked: Vec<PathBuf>,
+    },
+    /// The binary exists but is not executable.
+    #[error("service `{service}`: {path} is not executable")]
+    NotExecutable {
+        /// The service.
+        service: String,
+        /// The binary.
+        path: PathBuf,
+    },
+    /// The socket path is longer than the OS accepts.
+    #[error(
+        "socket path {path} is {len} bytes, over the OS limit of {max}; use a shorter services_dir"
+    )]
+    SocketPathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A file-system step failed.
+    #[error("service `{service}`: cannot {what}: {source}")]
+    Io {
+        /// The service.
+        service: String,
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operating system could not start the binary.
+    #[error("service `{service}`: cannot spawn {binary}: {source}")]
+    Exec {
+        /// The service.
+        service: String,
+        /// The binary.
+        binary: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "nowhere (no HOME, no PATH)".to_owned();
+    }
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

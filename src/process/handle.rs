@@ -1,0 +1,194 @@
+//! A spawned process: its handle, graceful stop, and log tail.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use crate::client::Connection;
+
+/// How long to wait for a process's exit after its connection closed, so
+/// that a crash is reported by its exit status.
+pub(crate) const EXIT_AFTER_CLOSE: Duration = Duration::from_millis(100);
+
+/// A running (or exited) extension process.
+///
+/// Clones share the process. Dropping the last clone does not stop it;
+/// dropping the host's runtime kills its whole process group.
+#[derive(Debug, Clone)]
+pub struct ProcessHandle {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    pid: u32,
+    socket: Option<PathBuf>,
+    log: PathBuf,
+    status: watch::Receiver<Option<ExitStatus>>,
+}
+
+/// How a process ended when it was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopOutcome {
+    /// It had already exited.
+    AlreadyExited(ExitStatus),
+    /// It exited after `shutdown`.
+    Graceful(ExitStatus),
+    /// It exited after SIGTERM.
+    Terminated(ExitStatus),
+    /// It had to be SIGKILLed.
+    Killed(ExitStatus),
+}
+
+impl StopOutcome {
+    /// The exit status, whichever way it ended.
+    pub fn status(&self) -> ExitStatus {
+        match *self {
+            StopOutcome::AlreadyExited(s)
+            | StopOutcome::Graceful(s)
+            | StopOutcome::Terminated(s)
+            | StopOutcome::Killed(s) => s,
+        }
+    }
+}
+
+impl ProcessHandle {
+    /// The handle of a just-spawned process, whose exit `status` a reaper
+    /// task reports.
+    pub(super) fn new(
+        name: &str,
+        pid: u32,
+        socket: Option<PathBuf>,
+        log: &Path,
+        status: watch::Receiver<Option<ExitStatus>>,
+    ) -> Self {
+        ProcessHandle {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                pid,
+                socket,
+                log: log.to_owned(),
+                status,
+            }),
+        }
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.inner.pid
+    }
+
+    /// The socket path (extensions only).
+    pub fn socket(&self) -> Option<&Path> {
+        self.inner.socket.as_deref()
+    }
+
+    /// The log file.
+    pub fn log(&self) -> &Path {
+        &self.inner.log
+    }
+
+    /// The exit status, if the process has exited (and been reaped).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *self.inner.status.borrow()
+    }
+
+    /// Waits for the process to exit.
+    pub async fn exited(&self) -> ExitStatus {
+        let mut rx = self.inner.status.clone();
+        let status = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|s| s.expect("waited for Some"));
+        match status {
+            Ok(s) => s,
+            // The reaper is gone only if the runtime is shutting down.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Waits up to `within` for the process to exit.
+    pub async fn exited_within(&self, within: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(within, self.exited()).await.ok()
+    }
+
+    /// Sends `signal` to the process's group (itself and what it forked),
+    /// unless it has exited.
+    pub fn signal(&self, signal: Signal) -> io::Result<()> {
+        if self.exit_status().is_some() {
+            return Ok(());
+        }
+        killpg(Pid::from_raw(self.inner.pid as i32), signal).map_err(io::Error::from)
+    }
+
+    /// The last `lines` lines of the log file.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.inner.log, lines)
+    }
+
+    /// Stops the process gracefully: sends `shutdown` over `connection` (if
+    /// given; it takes no in-flight slot), waits `grace`; then SIGTERM to
+    /// its group, waits `grace`; then SIGKILL. Always reaps the child and
+    /// removes its socket.
+    pub async fn stop(&self, connection: Option<&Connection>, grace: Duration) -> StopOutcome {
+        let outcome = self.stop_inner(connection, grace).await;
+        if let Some(socket) = &self.inner.socket {
+            let _ = std::fs::remove_file(socket);
+        }
+        tracing::info!(service = %self.name(), pid = self.pid(), ?outcome, "extension stopped");
+        outcome
+    }
+
+    async fn stop_inner(&self, connection: Option<&Connection>, grace: Duration) -> StopOutcome {
+        if let Some(status) = self.exit_status() {
+            return StopOutcome::AlreadyExited(status);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        if let Some(connection) = connection {
+            let send = connection.shutdown();
+            let _ = tokio::time::timeout_at(deadline, send).await;
+            let exited = tokio::time::timeout_at(deadline, self.exited()).await;
+            if let Ok(status) = exited {
+                return StopOutcome::Graceful(status);
+            }
+        }
+        if let Err(error) = self.signal(Signal::SIGTERM) {
+            tracing::debug!(service = %self.name(), %error, "SIGTERM failed");
+        }
+        if let Some(status) = self.exited_within(grace).await {
+            return StopOutcome::Terminated(status);
+        }
+        tracing::warn!(service = %self.name(), pid = self.pid(), "extension ignored shutdown and SIGTERM; killing it");
+        let _ = self.signal(Signal::SIGKILL);
+        StopOutcome::Killed(self.exited().await)
+    }
+}
+
+/// The last `lines` lines of a file, best effort.
+fn log_tail(path: &Path, lines: usize) -> String {
+    const WINDOW: u64 = 8 * 1024;
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(WINDOW)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,97 @@
+//! Where sockets and logs go, private folders, and the socket path limit.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::SpawnError;
+
+/// The longest Unix socket path Linux accepts (`sun_path` is 108 bytes,
+/// one of them the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Where sockets, logs and the daemon's socket are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// Sockets go here, `<name>.sock`; created private (0700).
+    pub services_dir: PathBuf,
+    /// Log files go here, `<name>.log`.
+    pub logs_dir: PathBuf,
+    /// Passed to gateways as `--daemon`.
+    pub daemon_socket: PathBuf,
+}
+
+impl Paths {
+    /// Sockets in `<config_dir>/services`, logs in `<config_dir>/logs`, as
+    /// the reference laid them out.
+    pub fn under(config_dir: impl AsRef<Path>, daemon_socket: impl Into<PathBuf>) -> Self {
+        let dir = config_dir.as_ref();
+        Paths {
+            services_dir: dir.join("services"),
+            logs_dir: dir.join("logs"),
+            daemon_socket: daemon_socket.into(),
+        }
+    }
+
+    /// A private per-user runtime folder: `$XDG_RUNTIME_DIR/exthost` if set,
+    /// else `/tmp/exthost-<uid>`.
+    pub fn runtime_default() -> Self {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|d| PathBuf::from(d).join("exthost"))
+            .unwrap_or_else(|| PathBuf::from(format!("/tmp/exthost-{}", nix::unistd::geteuid())));
+        Paths {
+            services_dir: base.join("services"),
+            logs_dir: base.join("logs"),
+            daemon_socket: base.join("daemon.sock"),
+        }
+    }
+
+    /// The socket path of service `name`.
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.services_dir.join(format!("{name}.sock"))
+    }
+
+    /// The log file of service `name`.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs_dir.join(format!("{name}.log"))
+    }
+}
+
+/// Creates `dir` (and its parents) private to this user: mode 0700. An
+/// existing folder with looser permissions is tightened, with a log line;
+/// one owned by another user is an error.
+pub fn prepare_private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is owned by uid {}, not by us",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{:o}", meta.mode() & 0o777), "tightening services folder to 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Checks that a socket path fits the OS limit.
+pub fn check_socket_path(path: &Path) -> Result<(), SpawnError> {
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(SpawnError::SocketPathTooLong {
+            path: path.to_owned(),
+            len,
+            max: MAX_SOCKET_PATH,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! Starting a service's process: command line, log file, process group,
+//! death with the host, and reaping.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use super::{
+    check_socket_path, prepare_private_dir, resolve_binary, sys, Paths, ProcessHandle, SpawnError,
+};
+use crate::config::{ServiceConfig, ServiceKind};
+use crate::socket::remove_stale_socket;
+
+/// Spawns the process of service `name`. Must be called inside a tokio
+/// runtime, from a thread that lives as long as the host (see
+/// [`ProcessHandle`]).
+///
+/// The child inherits the host's environment, `RUST_LOG` included, with the
+/// config's `env` set on top: a `RUST_LOG` there wins over the host's.
+pub fn spawn(
+    name: &str,
+    config: &ServiceConfig,
+    paths: &Paths,
+) -> Result<ProcessHandle, SpawnError> {
+    config.validate(name).map_err(SpawnError::Config)?;
+    let binary = resolve_binary(name, config)?;
+    let io_err = |what| io_error(name, what);
+    prepare_private_dir(&paths.logs_dir).map_err(io_err("create the logs folder"))?;
+
+    let mut cmd = tokio::process::Command::new(&binary);
+    cmd.arg("serve");
+    let socket = match config.kind {
+        ServiceKind::Extension => {
+            let socket = paths.socket(name);
+            check_socket_path(&socket)?;
+            prepare_private_dir(&paths.services_dir)
+                .map_err(io_err("create the services folder"))?;
+            remove_stale_socket(&socket).map_err(io_err("remove the stale socket"))?;
+            cmd.arg("--socket").arg(&socket);
+            Some(socket)
+        }
+        ServiceKind::Gateway => {
+            let json = serde_json::to_string(&config.config).unwrap_or_else(|_| "{}".into());
+            cmd.arg("--daemon")
+                .arg(&paths.daemon_socket)
+                .arg("--config")
+                .arg(json);
+            None
+        }
+    };
+    cmd.args(&config.args);
+    cmd.envs(&config.env);
+    spawn_command(name, cmd, socket, &paths.log(name))
+}
+
+/// Spawns a prepared command as extension `name`, with the same treatment
+/// as [`spawn`]: stdout and stderr appended to `log`, its own process group,
+/// killed with the host, reaped by a background task. `socket` is where it
+/// will listen, if anywhere; it is removed when the process is stopped.
+///
+/// For tools that need the exact command line, such as `exthost check`,
+/// which appends `serve --socket PATH` to a user's program and arguments.
+pub fn spawn_command(
+    name: &str,
+    mut cmd: tokio::process::Command,
+    socket: Option<PathBuf>,
+    log: &Path,
+) -> Result<ProcessHandle, SpawnError> {
+    let io_err = |what| io_error(name, what);
+    let program = PathBuf::from(cmd.as_std().get_program());
+    let mut log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io_err("open the log file"))?;
+    let _ = writeln!(
+        log_file,
+        "--- exthost: starting {name}: {}",
+        program.display()
+    );
+    let stderr = log_file.try_clone().map_err(io_err("open the log file"))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log_file))
+        .stderr(Stdio::from(stderr))
+        .process_group(0)
+        .kill_on_drop(true);
+    sys::kill_with_parent(&mut cmd);
+
+    let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        service: name.to_owned(),
+        binary: program.clone(),
+        source,
+    })?;
+    let pid = child.id().expect("a just-spawned child has a pid");
+    tracing::info!(service = %name, pid, binary = %program.display(), log = %log.display(), "spawned extension");
+
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        // Kills the whole group if the host drops this task (runtime shut
+        // down) before the child exited.
+        let guard = KillGroupOnDrop(Some(pid));
+        let status = child.wait().await;
+        std::mem::forget(guard);
+        if let Ok(status) = status {
+            let _ = tx.send(Some(status));
+        }
+    });
+    Ok(ProcessHandle::new(name, pid, socket, log, rx))
+}
+
+/// Wraps an i/o error of `service` while it did `what`.
+fn io_error(service: &str, what: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
+    let service = service.to_owned();
+    move |source| SpawnError::Io {
+        service,
+        what,
+        source,
+    }
+}
+
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
