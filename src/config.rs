@@ -348,7 +348,7 @@ pub struct HostConfig {
     pub services_dir: Option<PathBuf>,
     /// Where the per-service log files go (default: a `logs` folder beside
     /// `services_dir` when that is set, else the private per-user runtime
-    /// folder's; see [`HostConfig::paths`]).
+    /// folder's; see [`Paths::for_host`](crate::process::Paths::for_host)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_dir: Option<PathBuf>,
     /// The daemon's socket, passed to gateways.
@@ -516,28 +516,6 @@ impl HostConfig {
                 resolve(cwd);
             }
         }
-    }
-
-    /// Where sockets, logs and the daemon socket go: the configured folders,
-    /// and for what is not configured the private per-user runtime folder
-    /// ([`Paths::runtime_default`]), except that logs go to a `logs` folder
-    /// beside `services_dir` when only that is set.
-    pub fn paths(&self) -> crate::process::Paths {
-        let mut paths = crate::process::Paths::runtime_default();
-        if let Some(d) = &self.services_dir {
-            paths.services_dir = d.clone();
-            paths.logs_dir = match d.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => parent.join("logs"),
-                _ => d.join("logs"),
-            };
-        }
-        if let Some(d) = &self.logs_dir {
-            paths.logs_dir = d.clone();
-        }
-        if let Some(d) = &self.daemon_socket {
-            paths.daemon_socket = d.clone();
-        }
-        paths
     }
 
     /// Validates every service.

@@ -222,7 +222,10 @@ async fn every_call_in_flight_is_answered_once_when_run_is_terminated() {
     }
     // Lines are read in order: this answer means all five were accepted.
     let status = run.ask(r#"{"id": 6, "op": "status"}"#).await;
-    assert_eq!(status["id"], 6, "a sleep cannot have finished yet: {status}");
+    assert_eq!(
+        status["id"], 6,
+        "a sleep cannot have finished yet: {status}"
+    );
     run.signal(nix::sys::signal::Signal::SIGTERM);
     let mut ids = Vec::new();
     while let Some(answer) = run.recv().await {

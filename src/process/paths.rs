@@ -5,6 +5,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::SpawnError;
+use crate::config::HostConfig;
 
 /// The longest Unix socket path Linux accepts (`sun_path` is 108 bytes,
 /// one of them the terminating NUL).
@@ -44,6 +45,28 @@ impl Paths {
             logs_dir: base.join("logs"),
             daemon_socket: base.join("daemon.sock"),
         }
+    }
+
+    /// Where a configuration file puts things: its folders, and for what it
+    /// does not configure the private per-user runtime folder
+    /// ([`Paths::runtime_default`]), except that logs go to a `logs` folder
+    /// beside `services_dir` when only that is set.
+    pub fn for_host(config: &HostConfig) -> Self {
+        let mut paths = Paths::runtime_default();
+        if let Some(d) = &config.services_dir {
+            paths.services_dir = d.clone();
+            paths.logs_dir = match d.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent.join("logs"),
+                _ => d.join("logs"),
+            };
+        }
+        if let Some(d) = &config.logs_dir {
+            paths.logs_dir = d.clone();
+        }
+        if let Some(d) = &config.daemon_socket {
+            paths.daemon_socket = d.clone();
+        }
+        paths
     }
 
     /// The socket path of service `name`.

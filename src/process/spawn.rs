@@ -55,6 +55,16 @@ pub fn spawn(
     };
     cmd.args(&config.args);
     cmd.envs(&config.env);
+    if let Some(cwd) = &config.cwd {
+        if !cwd.is_dir() {
+            let missing = io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not a folder", cwd.display()),
+            );
+            return Err(io_error(name, "use the working directory `cwd`")(missing));
+        }
+        cmd.current_dir(cwd);
+    }
     spawn_command(name, cmd, socket, &paths.log(name))
 }
 

@@ -170,7 +170,7 @@ fn load(path: &Path) -> Result<(HostConfig, Paths), u8> {
         eprintln!("exthost: {e}");
         1
     })?;
-    let paths = cfg.paths();
+    let paths = Paths::for_host(&cfg);
     Ok((cfg, paths))
 }
 
