@@ -31,6 +31,32 @@ fn mock(env: &[(&str, &str)]) -> ServiceConfig {
         })
 }
 
+/// The mock extension behind a wrapper that first forks a helper (`sleep`)
+/// into the extension's process group and writes its pid to
+/// `<dir>/<name>.helper`.
+fn forking_mock(dir: &std::path::Path, name: &str) -> ServiceConfig {
+    let script = dir.join(format!("{name}.sh"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh
+sleep 1000 &
+echo $! > {dir}/{name}.helper
+exec {mock} \"$@\"\n",
+            dir = dir.display(),
+            mock = mock_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ServiceConfig::command(script)
+}
+
+fn helper_pid(dir: &std::path::Path, name: &str) -> u32 {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.helper"))).unwrap();
+    text.trim().parse().unwrap()
+}
+
 async fn stop(started: &Started, grace: Duration) -> StopOutcome {
     let conn = started.extension.as_ref().map(|e| &e.connection);
     started.process.stop(conn, grace).await
@@ -315,11 +341,19 @@ fn host_process_entry() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let connector = Connector::new(paths(std::path::Path::new(&dir)));
+        let dir = std::path::Path::new(&dir);
+        let connector = Connector::new(paths(dir));
         for name in ["a", "b"] {
             let s = connector.start(Target::new(name, mock(&[]))).await.unwrap();
             println!("{}", s.process.pid());
         }
+        // One that forked a helper into its group: the helper must die too.
+        let c = connector
+            .start(Target::new("c", forking_mock(dir, "c")))
+            .await
+            .unwrap();
+        println!("{}", c.process.pid());
+        println!("{}", helper_pid(dir, "c"));
         println!("ready");
         std::future::pending::<()>().await;
     });
@@ -360,7 +394,7 @@ async fn killing_the_host_with_sigkill_leaves_no_extension_alive() {
     })
     .await
     .unwrap();
-    assert_eq!(pids.len(), 2, "host did not start its extensions");
+    assert_eq!(pids.len(), 4, "host did not start its extensions");
     assert!(pids.iter().all(|p| alive(*p)));
     host.child.kill().unwrap(); // SIGKILL
     for pid in pids {
@@ -369,6 +403,46 @@ async fn killing_the_host_with_sigkill_leaves_no_extension_alive() {
             "extension {pid} outlived its host"
         );
     }
+}
+
+#[tokio::test]
+async fn a_graceful_stop_leaves_nothing_the_extension_forked() {
+    let dir = temp_dir();
+    let connector = Connector::new(paths(dir.path()));
+    let started = connector
+        .start(Target::new("f", forking_mock(dir.path(), "f")))
+        .await
+        .unwrap();
+    let helper = helper_pid(dir.path(), "f");
+    assert!(alive(helper));
+    let outcome = stop(&started, Duration::from_secs(2)).await;
+    assert!(matches!(outcome, StopOutcome::Graceful(_)), "{outcome:?}");
+    // The leader exited at `shutdown`; stop returns once its group is gone.
+    assert!(!alive(started.process.pid()));
+    assert!(!alive(helper), "the helper outlived a graceful stop");
+}
+
+#[tokio::test]
+async fn a_crash_leaves_nothing_the_extension_forked() {
+    let dir = temp_dir();
+    let configs: std::collections::BTreeMap<_, _> =
+        [("f".to_owned(), forking_mock(dir.path(), "f"))].into();
+    let m = exthost::manager::ServiceManager::with_paths(&configs, paths(dir.path()));
+    m.start().await;
+    let helper = helper_pid(dir.path(), "f");
+    let call = exthost::router::ToolCall::new("crash", "{}");
+    tower::ServiceExt::oneshot(m.router(), call)
+        .await
+        .unwrap_err();
+    // Failed is set once the incarnation is settled: helpers included.
+    tokio::time::timeout(
+        WAIT,
+        m.wait_for("f", |s| s.state == exthost::manager::ServiceState::Failed),
+    )
+    .await
+    .unwrap();
+    assert!(!alive(helper), "the helper outlived a crash");
+    m.shutdown_all().await;
 }
 
 #[tokio::test]

@@ -63,26 +63,33 @@ async fn incarnation_ends(started: &Started) -> DownReason {
     }
 }
 
-/// Settles why an incarnation ended, and makes sure its process is gone.
-async fn settle(started: &Started, cause: DownReason) -> DownReason {
-    let DownReason::ConnectionLost(lost) = cause else {
-        return cause;
-    };
-    // A crash closes the socket a moment before its exit is reaped: prefer
-    // the exit status when it follows. A protocol violation is the cause
-    // whatever the exit after we reset the connection.
-    if !lost.is_protocol_violation() {
-        let exit = started
-            .process
-            .exited_within(crate::process::EXIT_AFTER_CLOSE)
-            .await;
-        if let Some(status) = exit {
-            return DownReason::Exited(status);
+/// Settles why an incarnation ended, and makes sure nothing of it is left:
+/// its process, and whatever it forked into its process group.
+async fn settle(started: &Started, cause: DownReason, grace: Duration) -> DownReason {
+    let cause = match cause {
+        // A crash closes the socket a moment before its exit is reaped:
+        // prefer the exit status when it follows. A protocol violation is
+        // the cause whatever the exit after we reset the connection.
+        DownReason::ConnectionLost(lost) if !lost.is_protocol_violation() => {
+            match started
+                .process
+                .exited_within(crate::process::EXIT_AFTER_CLOSE)
+                .await
+            {
+                Some(status) => DownReason::Exited(status),
+                None => DownReason::ConnectionLost(lost),
+            }
         }
-    }
-    // Alive with a broken connection: stop it before starting another.
-    started.process.stop(None, Duration::ZERO).await;
-    DownReason::ConnectionLost(lost)
+        cause => cause,
+    };
+    // Alive with a broken connection: stopped at once before another
+    // starts. Exited: its helpers get the grace period.
+    let grace = match cause {
+        DownReason::Exited(_) => grace,
+        _ => Duration::ZERO,
+    };
+    started.process.stop(None, grace).await;
+    cause
 }
 
 /// What an operator asks of one service.
@@ -237,7 +244,7 @@ pub(crate) async fn supervise(
                     cause = incarnation_ends(&started) => {
                         // Calls fail at once from here on.
                         slot.take(None);
-                        Next::Decide(settle(&started, cause).await)
+                        Next::Decide(settle(&started, cause, slot.config.shutdown_grace()).await)
                     }
                     Some(ctl) = control.recv() => match ctl.command {
                         Command::Start => {

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ struct Inner {
     socket: Option<PathBuf>,
     log: PathBuf,
     status: watch::Receiver<Option<ExitStatus>>,
+    /// Set once nothing of the process group lives.
+    group_ended: AtomicBool,
 }
 
 /// How a process ended when it was stopped.
@@ -78,6 +81,7 @@ impl ProcessHandle {
                 socket,
                 log: log.to_owned(),
                 status,
+                group_ended: AtomicBool::new(false),
             }),
         }
     }
@@ -127,12 +131,58 @@ impl ProcessHandle {
     }
 
     /// Sends `signal` to the process's group (itself and what it forked),
-    /// unless it has exited.
+    /// while any member lives. Once [`stop`](Self::stop) has seen the whole
+    /// group gone, nothing is sent: its id may belong to another by then.
     pub fn signal(&self, signal: Signal) -> io::Result<()> {
-        if self.exit_status().is_some() {
+        if self.inner.group_ended.load(Ordering::SeqCst) {
             return Ok(());
         }
-        killpg(Pid::from_raw(self.inner.pid as i32), signal).map_err(io::Error::from)
+        match killpg(self.pgid(), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether any process of the group lives (the leader, or what it
+    /// forked and left in the group).
+    pub fn group_alive(&self) -> bool {
+        killpg(self.pgid(), None).is_ok()
+    }
+
+    fn pgid(&self) -> Pid {
+        Pid::from_raw(self.inner.pid as i32)
+    }
+
+    /// Waits up to `within` for every member of the group to be gone.
+    async fn group_gone_within(&self, within: Duration) -> bool {
+        // A group has no exit notification for non-children: poll, briefly.
+        let deadline = tokio::time::Instant::now() + within;
+        let mut delay = Duration::from_millis(1);
+        while self.group_alive() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// After the leader has exited: SIGTERM to what is left of its group,
+    /// `grace`, then SIGKILL, until nothing of it lives.
+    async fn end_group(&self, grace: Duration) {
+        if self.group_alive() {
+            tracing::debug!(service = %self.name(), pgid = self.pid(), "stopping what the extension left in its process group");
+            let _ = self.signal(Signal::SIGTERM);
+            if !self.group_gone_within(grace).await {
+                let _ = self.signal(Signal::SIGKILL);
+                self.group_gone_within(Duration::from_secs(5)).await;
+            }
+        }
+        if !self.group_alive() {
+            self.inner.group_ended.store(true, Ordering::SeqCst);
+            super::watchdog::unwatch(self.inner.pid);
+        }
     }
 
     /// The last `lines` lines of the log file.
@@ -142,10 +192,13 @@ impl ProcessHandle {
 
     /// Stops the process gracefully: sends `shutdown` over `connection` (if
     /// given; it takes no in-flight slot), waits `grace`; then SIGTERM to
-    /// its group, waits `grace`; then SIGKILL. Always reaps the child and
-    /// removes its socket.
+    /// its group, waits `grace`; then SIGKILL. Then, whatever happened
+    /// (even if it had already exited), what is left of its process group
+    /// gets SIGTERM, `grace`, SIGKILL, until none of it lives. Always reaps
+    /// the child and removes its socket.
     pub async fn stop(&self, connection: Option<&Connection>, grace: Duration) -> StopOutcome {
         let outcome = self.stop_inner(connection, grace).await;
+        self.end_group(grace).await;
         if let Some(socket) = &self.inner.socket {
             let _ = std::fs::remove_file(socket);
         }

@@ -9,8 +9,13 @@
 //! removed) and more safely:
 //!
 //! - each child leads its own process group, so signals reach whatever it
-//!   forks;
-//! - on Linux each child gets SIGKILL when the host dies, even by SIGKILL;
+//!   forks, and whenever an incarnation ends (stop, crash, lost connection,
+//!   restart, host shutdown) the whole group is signalled (SIGTERM, grace,
+//!   SIGKILL) while any member lives;
+//! - on Linux each child gets SIGKILL when the host dies, even by SIGKILL,
+//!   and a watchdog process SIGKILLs what its group still holds (helpers
+//!   it forked); a process that left the group with `setsid` is out of
+//!   reach without cgroups;
 //! - socket paths over the OS limit are refused up front, naming the path;
 //! - [`ProcessHandle::stop`] is graceful: `shutdown`, then SIGTERM, then
 //!   SIGKILL, each after the grace period, and the child is always reaped.
@@ -43,6 +48,7 @@ mod handle;
 mod paths;
 mod spawn;
 mod sys;
+mod watchdog;
 
 pub use binary::resolve_binary;
 pub use error::SpawnError;

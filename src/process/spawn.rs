@@ -109,6 +109,7 @@ pub fn spawn_command(
     let pid = child.id().expect("a just-spawned child has a pid");
     tracing::info!(service = %name, pid, binary = %program.display(), log = %log.display(), "spawned extension");
 
+    super::watchdog::watch(pid);
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         // Kills the whole group if the host drops this task (runtime shut
