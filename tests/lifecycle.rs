@@ -238,3 +238,34 @@ async fn every_call_in_flight_is_answered_once_when_run_is_terminated() {
     assert_eq!(ids, [1, 2, 3, 4, 5], "each call answered exactly once");
     assert_eq!(run.exit_code().await, Some(0));
 }
+
+#[tokio::test]
+async fn two_hosts_on_one_configuration_both_answer_every_call() {
+    let dir = temp_dir();
+    let (cfg, gate) = fast_and_gated(dir.path());
+    let _gate = open_gate(&gate).await;
+    let (mut one, mut two) = (Run::start(&cfg), Run::start(&cfg));
+    for id in 0..10 {
+        let line = format!(r#"{{"id": {id}, "tool": "a_echo", "args": "{id}"}}"#);
+        one.send(&line).await;
+        two.send(&line).await;
+    }
+    for run in [&mut one, &mut two] {
+        let mut ok = 0;
+        for _ in 0..10 {
+            let answer = run.recv().await.unwrap();
+            assert_eq!(answer["ok"], answer["id"].to_string(), "{answer}");
+            ok += 1;
+        }
+        assert_eq!(ok, 10);
+    }
+    drop(two.stdin.take());
+    assert_eq!(two.exit_code().await, Some(0));
+    // The second host's shutdown left the first one's sockets alone.
+    let answer = one
+        .ask(r#"{"id": 99, "tool": "a_echo", "args": "still"}"#)
+        .await;
+    assert_eq!(answer["ok"], "still");
+    drop(one.stdin.take());
+    assert_eq!(one.exit_code().await, Some(0));
+}

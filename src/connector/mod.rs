@@ -40,8 +40,9 @@ pub use error::StartError;
 
 use std::fmt;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -51,7 +52,7 @@ use tower::{BoxError, Layer, Service};
 use crate::client::Connection;
 use crate::config::{ServiceConfig, ServiceKind};
 use crate::handshake::{handshake, ExtensionInfo};
-use crate::process::{self, Paths, ProcessHandle};
+use crate::process::{self, Claim, Paths, ProcessHandle, SpawnError};
 use crate::proto::{ExtRequest, ExtResponse};
 use crate::stack::{ExtensionLayers, ExtensionService, StackBuilder};
 
@@ -107,6 +108,8 @@ pub struct Connected {
 #[derive(Clone)]
 pub struct Connector {
     paths: Arc<Paths>,
+    /// The services folder, claimed at the first spawn of an extension.
+    claim: Arc<OnceLock<Result<Claim, (std::io::ErrorKind, String)>>>,
     layers: Option<ExtensionLayers>,
 }
 
@@ -124,6 +127,7 @@ impl Connector {
     pub fn new(paths: Paths) -> Self {
         Connector {
             paths: Arc::new(paths),
+            claim: Arc::default(),
             layers: None,
         }
     }
@@ -205,14 +209,57 @@ impl Connector {
         self.spawn(target)?.ready().await
     }
 
+    /// Where this connector's sockets go: `services_dir` itself, or, when
+    /// another host (or connector) already uses it, a folder of this
+    /// connector's own inside it, so that two hosts started from one
+    /// configuration never touch each other's sockets.
+    ///
+    /// # Errors
+    ///
+    /// The services folder cannot be created, made private or locked.
+    pub fn services_dir(&self) -> Result<&Path, SpawnError> {
+        let claim = self
+            .claim
+            .get_or_init(|| Claim::new(&self.paths).map_err(|e| (e.kind(), e.to_string())));
+        match claim {
+            Ok(claim) => Ok(&claim.paths().services_dir),
+            Err((kind, message)) => Err(SpawnError::Io {
+                service: String::new(),
+                what: "claim the services folder",
+                source: std::io::Error::new(*kind, message.clone()),
+            }),
+        }
+    }
+
     /// The first half of [`start`](Self::start): spawns the process.
     pub fn spawn(&self, target: Target) -> Result<Spawned, StartError> {
-        let process = process::spawn(&target.name, &target.config, &self.paths)?;
+        let process = if target.config.kind == ServiceKind::Extension {
+            let mut paths = (*self.paths).clone();
+            paths.services_dir = self
+                .services_dir()
+                .map_err(|e| with_service(e, &target.name))?
+                .to_owned();
+            process::spawn(&target.name, &target.config, &paths)?
+        } else {
+            process::spawn(&target.name, &target.config, &self.paths)?
+        };
         Ok(Spawned {
             target,
             process,
             connector: self.clone(),
         })
+    }
+}
+
+/// Names the service in an error raised before it was known.
+fn with_service(e: SpawnError, name: &str) -> SpawnError {
+    match e {
+        SpawnError::Io { what, source, .. } => SpawnError::Io {
+            service: name.to_owned(),
+            what,
+            source,
+        },
+        e => e,
     }
 }
 

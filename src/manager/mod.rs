@@ -171,9 +171,7 @@ impl Drop for Inner {
         for slot in self.services.slots.values() {
             if let Some(started) = slot.take(Some(Unavailable::ShuttingDown)) {
                 let _ = started.process.signal(nix::sys::signal::Signal::SIGKILL);
-                if let Some(socket) = started.process.socket() {
-                    let _ = std::fs::remove_file(socket);
-                }
+                started.process.remove_socket();
             }
         }
     }

@@ -5,7 +5,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -36,6 +36,8 @@ struct Inner {
     status: watch::Receiver<Option<ExitStatus>>,
     /// Set once nothing of the process group lives.
     group_ended: AtomicBool,
+    /// The inode of the socket file the extension bound, once connected.
+    socket_inode: OnceLock<u64>,
 }
 
 /// How a process ended when it was stopped.
@@ -82,6 +84,7 @@ impl ProcessHandle {
                 log: log.to_owned(),
                 status,
                 group_ended: AtomicBool::new(false),
+                socket_inode: OnceLock::new(),
             }),
         }
     }
@@ -99,6 +102,25 @@ impl ProcessHandle {
     /// The socket path (extensions only).
     pub fn socket(&self) -> Option<&Path> {
         self.inner.socket.as_deref()
+    }
+
+    /// Records that the socket file now at [`socket`](Self::socket) is the
+    /// one this extension bound (the connector does, once connected), so
+    /// that only that file is ever removed.
+    pub fn socket_bound(&self) {
+        if let Some(path) = &self.inner.socket {
+            if let Some(ino) = crate::socket::inode(path) {
+                let _ = self.inner.socket_inode.set(ino);
+            }
+        }
+    }
+
+    /// Removes the socket file this extension bound, if it is still there;
+    /// a file another process has since bound at the path stays.
+    pub fn remove_socket(&self) {
+        if let Some(path) = &self.inner.socket {
+            crate::socket::remove_if_same(path, self.inner.socket_inode.get().copied());
+        }
     }
 
     /// The log file.
@@ -199,9 +221,7 @@ impl ProcessHandle {
     pub async fn stop(&self, connection: Option<&Connection>, grace: Duration) -> StopOutcome {
         let outcome = self.stop_inner(connection, grace).await;
         self.end_group(grace).await;
-        if let Some(socket) = &self.inner.socket {
-            let _ = std::fs::remove_file(socket);
-        }
+        self.remove_socket();
         tracing::info!(service = %self.name(), pid = self.pid(), ?outcome, "extension stopped");
         outcome
     }

@@ -43,6 +43,7 @@
 //! ```
 
 mod binary;
+mod claim;
 mod error;
 mod handle;
 mod paths;
@@ -56,4 +57,5 @@ pub use handle::{ProcessHandle, StopOutcome};
 pub use paths::{check_socket_path, prepare_private_dir, Paths, MAX_SOCKET_PATH};
 pub use spawn::{spawn, spawn_command};
 
+pub(crate) use claim::Claim;
 pub(crate) use handle::EXIT_AFTER_CLOSE;

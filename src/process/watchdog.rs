@@ -43,7 +43,10 @@ fn tell(line: &str) {
             *guard = start();
         }
         let Some(stdin) = guard.as_mut() else { return };
-        if writeln!(stdin, "{line}").and_then(|()| stdin.flush()).is_ok() {
+        if writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .is_ok()
+        {
             return;
         }
         *guard = None;
