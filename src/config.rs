@@ -36,6 +36,12 @@ use serde::{Deserialize, Serialize};
 use crate::handshake::DEFAULT_HANDSHAKE_TIMEOUT;
 use crate::stack::DEFAULT_CALL_TIMEOUT;
 
+/// The default size cap of a service's log file: 10 MiB.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
+/// The default number of rotated log files kept per service: 3.
+pub const DEFAULT_LOG_KEEP: usize = 3;
+
 /// The default time a stopping extension gets at each stage of shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -150,6 +156,13 @@ pub struct ServiceConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub breaker_cooldown: Option<Duration>,
+    /// The size cap of the service's log file, in bytes: past it the file
+    /// is rotated (default 10 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_bytes: Option<u64>,
+    /// How many rotated log files are kept (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_keep: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -180,6 +193,8 @@ impl Default for ServiceConfig {
             stuck_margin: None,
             max_queued: None,
             breaker_cooldown: None,
+            log_max_bytes: None,
+            log_keep: None,
         }
     }
 }
@@ -240,6 +255,23 @@ impl ServiceConfig {
     /// Sets how many calls may wait for an in-flight slot.
     pub fn with_max_queued(mut self, n: usize) -> Self {
         self.max_queued = Some(n);
+        self
+    }
+
+    /// The size cap of the log file, in bytes.
+    pub fn log_max_bytes(&self) -> u64 {
+        self.log_max_bytes.unwrap_or(DEFAULT_LOG_MAX_BYTES)
+    }
+
+    /// How many rotated log files are kept.
+    pub fn log_keep(&self) -> usize {
+        self.log_keep.unwrap_or(DEFAULT_LOG_KEEP)
+    }
+
+    /// Sets the log's size cap and how many rotated files are kept.
+    pub fn with_log_limits(mut self, max_bytes: u64, keep: usize) -> Self {
+        self.log_max_bytes = Some(max_bytes);
+        self.log_keep = Some(keep);
         self
     }
 
@@ -306,6 +338,9 @@ impl ServiceConfig {
                 "crate",
                 "must be a binary name; use `command` for a path".to_owned(),
             ));
+        }
+        if self.log_max_bytes == Some(0) {
+            return Err(field("log_max_bytes", "must be at least 1".to_owned()));
         }
         if self.max_in_flight == Some(0) {
             return Err(field("max_in_flight", "must be at least 1".to_owned()));

@@ -214,6 +214,7 @@ impl Checker {
             proc.stop(None, Duration::ZERO).await;
         }
         drop(guard);
+        proc.output_closed(Duration::from_millis(500)).await;
         Ok(rec.finish(proc.log_tail(OUTPUT_LINES)))
     }
 

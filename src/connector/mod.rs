@@ -58,6 +58,10 @@ use crate::stack::{ExtensionLayers, ExtensionService, StackBuilder};
 
 const LOG_TAIL_LINES: usize = 20;
 
+/// How long an exited process's last output may take to reach its log
+/// (longer only if something it forked still holds its stdout).
+const OUTPUT_SETTLE: Duration = Duration::from_millis(500);
+
 /// What to start: a service's name and configuration.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -109,7 +113,7 @@ pub struct Connected {
 pub struct Connector {
     paths: Arc<Paths>,
     /// The services folder, claimed at the first spawn of an extension.
-    claim: Arc<OnceLock<Result<Claim, (std::io::ErrorKind, String)>>>,
+    claim: Arc<OnceLock<Result<Claim, ClaimFailed>>>,
     layers: Option<ExtensionLayers>,
 }
 
@@ -218,15 +222,19 @@ impl Connector {
     ///
     /// The services folder cannot be created, made private or locked.
     pub fn services_dir(&self) -> Result<&Path, SpawnError> {
-        let claim = self
-            .claim
-            .get_or_init(|| Claim::new(&self.paths).map_err(|e| (e.kind(), e.to_string())));
+        let claim = self.claim.get_or_init(|| {
+            Claim::new(&self.paths).map_err(|(what, e)| ClaimFailed {
+                what,
+                kind: e.kind(),
+                message: e.to_string(),
+            })
+        });
         match claim {
             Ok(claim) => Ok(&claim.paths().services_dir),
-            Err((kind, message)) => Err(SpawnError::Io {
+            Err(failed) => Err(SpawnError::Io {
                 service: String::new(),
-                what: "claim the services folder",
-                source: std::io::Error::new(*kind, message.clone()),
+                what: failed.what,
+                source: std::io::Error::new(failed.kind, failed.message.clone()),
             }),
         }
     }
@@ -249,6 +257,15 @@ impl Connector {
             connector: self.clone(),
         })
     }
+}
+
+/// Why the services folder could not be claimed, kept for every later
+/// spawn.
+#[derive(Debug)]
+struct ClaimFailed {
+    what: &'static str,
+    kind: std::io::ErrorKind,
+    message: String,
 }
 
 /// Names the service in an error raised before it was known.
@@ -334,11 +351,22 @@ pub async fn wait_for_socket(
             after: limit,
             log_tail: proc.log_tail(LOG_TAIL_LINES),
         }),
-        status = proc.exited() => Err(StartError::ExitedEarly {
-            service: name.to_owned(),
-            status,
-            log_tail: proc.log_tail(LOG_TAIL_LINES),
-        }),
+        status = proc.exited() => Err(exited_early(name, proc, status).await),
+    }
+}
+
+/// A process that exited before it was ready, with the end of its log once
+/// its last output is written there.
+async fn exited_early(
+    name: &str,
+    proc: &ProcessHandle,
+    status: std::process::ExitStatus,
+) -> StartError {
+    proc.output_closed(OUTPUT_SETTLE).await;
+    StartError::ExitedEarly {
+        service: name.to_owned(),
+        status,
+        log_tail: proc.log_tail(LOG_TAIL_LINES),
     }
 }
 
@@ -348,18 +376,12 @@ async fn connect_and_handshake(
     config: &ServiceConfig,
     proc: &ProcessHandle,
 ) -> Result<Connected, StartError> {
-    let early_exit = |status| StartError::ExitedEarly {
-        service: name.to_owned(),
-        status,
-        log_tail: proc.log_tail(LOG_TAIL_LINES),
-    };
-
     let stream = wait_for_socket(name, proc, config.handshake_timeout()).await?;
     peer::check_peer(name, &stream, proc.pid())?;
 
     let connected = tokio::select! {
         connected = connector.connect(name, config, stream) => connected,
-        status = proc.exited() => return Err(early_exit(status)),
+        status = proc.exited() => return Err(exited_early(name, proc, status).await),
     };
     let connected = match connected {
         Ok(connected) => connected,
@@ -367,7 +389,7 @@ async fn connect_and_handshake(
             // A process that exits mid-handshake closes the socket a moment
             // before its exit is reaped: report the exit if it follows.
             if let Some(status) = proc.exited_within(process::EXIT_AFTER_CLOSE).await {
-                return Err(early_exit(status));
+                return Err(exited_early(name, proc, status).await);
             }
             return Err(e);
         }

@@ -34,10 +34,17 @@ pub(crate) struct Claim {
 }
 
 impl Claim {
-    /// Claims `paths.services_dir`.
-    pub(crate) fn new(paths: &Paths) -> io::Result<Self> {
+    /// Claims `paths.services_dir`; on failure, what could not be done and
+    /// why (naming the path).
+    pub(crate) fn new(paths: &Paths) -> Result<Self, (&'static str, io::Error)> {
         let dir = &paths.services_dir;
-        prepare_private_dir(dir)?;
+        let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+        prepare_private_dir(dir).map_err(|e| ("create the services folder", named(e)))?;
+        Self::lock(paths).map_err(|e| ("lock the services folder", named(e)))
+    }
+
+    fn lock(paths: &Paths) -> io::Result<Self> {
+        let dir = &paths.services_dir;
         let file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -38,6 +38,8 @@ struct Inner {
     group_ended: AtomicBool,
     /// The inode of the socket file the extension bound, once connected.
     socket_inode: OnceLock<u64>,
+    /// Turns true once the process's output has ended and is in the log.
+    drained: watch::Receiver<bool>,
 }
 
 /// How a process ended when it was stopped.
@@ -75,6 +77,7 @@ impl ProcessHandle {
         socket: Option<PathBuf>,
         log: &Path,
         status: watch::Receiver<Option<ExitStatus>>,
+        drained: watch::Receiver<bool>,
     ) -> Self {
         ProcessHandle {
             inner: Arc::new(Inner {
@@ -85,6 +88,7 @@ impl ProcessHandle {
                 status,
                 group_ended: AtomicBool::new(false),
                 socket_inode: OnceLock::new(),
+                drained,
             }),
         }
     }
@@ -207,7 +211,17 @@ impl ProcessHandle {
         }
     }
 
-    /// The last `lines` lines of the log file.
+    /// Waits up to `within` until the process's output has ended (it and
+    /// everything that inherited its stdout and stderr closed them) and is
+    /// written to the log; whether it has.
+    pub async fn output_closed(&self, within: Duration) -> bool {
+        let mut drained = self.inner.drained.clone();
+        let done = async move { drained.wait_for(|done| *done).await.is_ok() };
+        tokio::time::timeout(within, done).await.unwrap_or(false)
+    }
+
+    /// The last `lines` lines of the log file, as written so far (see
+    /// [`output_closed`](Self::output_closed)).
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.inner.log, lines)
     }

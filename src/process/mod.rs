@@ -5,7 +5,8 @@
 //! (`serve --socket <services_dir>/<name>.sock`, or `serve --daemon …
 //! --config …` for gateways; the host's environment inherited, `RUST_LOG`
 //! included, with the config's `env` on top, so a `RUST_LOG` there wins;
-//! stdout and stderr appended to `<logs_dir>/<name>.log`; stale socket
+//! stdout and stderr appended to `<logs_dir>/<name>.log`, rotated at a
+//! size cap ([`LogFile`]); stale socket
 //! removed) and more safely:
 //!
 //! - each child leads its own process group, so signals reach whatever it
@@ -46,6 +47,7 @@ mod binary;
 mod claim;
 mod error;
 mod handle;
+mod log;
 mod paths;
 mod spawn;
 mod sys;
@@ -54,6 +56,7 @@ mod watchdog;
 pub use binary::resolve_binary;
 pub use error::SpawnError;
 pub use handle::{ProcessHandle, StopOutcome};
+pub use log::{rotated, LogFile};
 pub use paths::{check_socket_path, prepare_private_dir, Paths, MAX_SOCKET_PATH};
 pub use spawn::{spawn, spawn_command};
 

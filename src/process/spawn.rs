@@ -1,8 +1,7 @@
 //! Starting a service's process: command line, log file, process group,
 //! death with the host, and reaping.
 
-use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -10,6 +9,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
+use super::log::{LogFile, Pipe};
 use super::{
     check_socket_path, prepare_private_dir, resolve_binary, sys, Paths, ProcessHandle, SpawnError,
 };
@@ -65,47 +65,67 @@ pub fn spawn(
         }
         cmd.current_dir(cwd);
     }
-    spawn_command(name, cmd, socket, &paths.log(name))
+    let log = LogFile {
+        path: paths.log(name),
+        max_bytes: config.log_max_bytes(),
+        keep: config.log_keep(),
+    };
+    spawn_logged(name, cmd, socket, &log)
 }
 
 /// Spawns a prepared command as extension `name`, with the same treatment
-/// as [`spawn`]: stdout and stderr appended to `log`, its own process group,
-/// killed with the host, reaped by a background task. `socket` is where it
-/// will listen, if anywhere; it is removed when the process is stopped.
+/// as [`spawn`]: stdout and stderr appended to `log` (10 MiB per file, 3
+/// old files kept), its own process group, killed with the host, reaped by
+/// a background task. `socket` is where it will listen, if anywhere; it is
+/// removed when the process is stopped.
 ///
 /// For tools that need the exact command line, such as `exthost check`,
 /// which appends `serve --socket PATH` to a user's program and arguments.
 pub fn spawn_command(
     name: &str,
-    mut cmd: tokio::process::Command,
+    cmd: tokio::process::Command,
     socket: Option<PathBuf>,
     log: &Path,
 ) -> Result<ProcessHandle, SpawnError> {
+    spawn_logged(name, cmd, socket, &LogFile::new(log))
+}
+
+fn spawn_logged(
+    name: &str,
+    mut cmd: tokio::process::Command,
+    socket: Option<PathBuf>,
+    log: &LogFile,
+) -> Result<ProcessHandle, SpawnError> {
     let io_err = |what| io_error(name, what);
     let program = PathBuf::from(cmd.as_std().get_program());
-    let mut log_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
+    let header = format!("--- exthost: starting {name}: {}", program.display());
+    let pipe = Pipe::new(log, &header).map_err(io_err("open the log file"))?;
+    let output = pipe
+        .child
+        .try_clone()
         .map_err(io_err("open the log file"))?;
-    let _ = writeln!(
-        log_file,
-        "--- exthost: starting {name}: {}",
-        program.display()
-    );
-    let stderr = log_file.try_clone().map_err(io_err("open the log file"))?;
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(log_file))
-        .stderr(Stdio::from(stderr))
+        .stdout(Stdio::from(output))
+        .stderr(Stdio::from(
+            pipe.child
+                .try_clone()
+                .map_err(io_err("open the log file"))?,
+        ))
         .process_group(0)
         .kill_on_drop(true);
     sys::kill_with_parent(&mut cmd);
 
-    let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+    let spawned = cmd.spawn();
+    // Our copies of the child's end go now, so the drain sees the end of
+    // the output when the child (and what inherited it) closes it.
+    drop(cmd);
+    let mut child = spawned.map_err(|source| SpawnError::Exec {
         service: name.to_owned(),
         binary: program.clone(),
         source,
     })?;
+    let drained = pipe.drain().map_err(io_err("read the process's output"))?;
+    let log = &log.path;
     let pid = child.id().expect("a just-spawned child has a pid");
     tracing::info!(service = %name, pid, binary = %program.display(), log = %log.display(), "spawned extension");
 
@@ -121,7 +141,7 @@ pub fn spawn_command(
             let _ = tx.send(Some(status));
         }
     });
-    Ok(ProcessHandle::new(name, pid, socket, log, rx))
+    Ok(ProcessHandle::new(name, pid, socket, log, rx, drained))
 }
 
 /// Wraps an i/o error of `service` while it did `what`.
