@@ -162,13 +162,14 @@ pub async fn recv(ext: &mut FakeExt) -> ExtRequest {
     ext.next().await.expect("host closed").expect("bad frame")
 }
 
-/// Awaits a spawned task and returns its output; a panic in the task is
-/// raised again here, with its own message.
+/// Awaits a spawned task (bounded) and returns its output; a panic in the
+/// task is raised again here, with its own message.
 pub async fn join<T>(task: JoinHandle<T>) -> T {
-    match task.await {
-        Ok(output) => output,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => panic!("the task did not finish: {e}"),
+    match tokio::time::timeout(WAIT, task).await {
+        Err(_) => panic!("a spawned task did not finish"),
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => panic!("a spawned task was cancelled: {e}"),
     }
 }
 
