@@ -102,10 +102,13 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok("impostor-server") => {
             // Bind only once orphaned, so that the impostor is no
-            // descendant of the extension the host spawned.
+            // descendant of the extension the host spawned: the helper's
+            // exit sends SIGUSR1 (caught, so it does not kill us).
             let helper: u32 = std::env::var("MOCK_ORPHAN_OF")?.parse()?;
-            while std::os::unix::process::parent_id() == helper {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            let mut orphaned = signal(SignalKind::user_defined1())?;
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGUSR1)?;
+            if std::os::unix::process::parent_id() == helper {
+                orphaned.recv().await;
             }
         }
         _ => {}
