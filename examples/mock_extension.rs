@@ -12,14 +12,20 @@
 //! - `sleep`: `{"ms": N}`, sleeps N milliseconds, then answers `slept N ms`;
 //! - `fail`: answers with an `error` response;
 //! - `crash`: exits the process at once (status 101) without answering;
-//! - `pid`: returns the process id.
+//! - `pid`: returns the process id;
+//! - `wait` (only when `MOCK_NOTIFY_SOCKET` is set): connects to that
+//!   socket, writes its arguments and a newline, and answers
+//!   `released ARGS` once the other end closes the connection. Tests hold
+//!   a call in the extension this way, and release it when they choose.
 //!
 //! Environment: `MOCK_SERVICE` names the service (default `mock`);
 //! `MOCK_PREFIX` prefixes the tool names (or `MOCK_PREFIX_FILE`, a file
 //! read at start-up, so a restart can change the tools); `MOCK_SHUTDOWN_FILE`, when set, is
 //! written with `shutdown` or `signal` when the extension stops, so tests can
-//! see how it was stopped. It answers service queries with
-//! `{"service": …, "query": …}` and `get_schema` with a small schema.
+//! see how it was stopped; `MOCK_READY_STDOUT`, when set, makes it write
+//! `listening` and a newline to stdout once its socket accepts connections.
+//! It answers service queries with `{"service": …, "query": …}` and
+//! `get_schema` with a small schema.
 //!
 //! `MOCK_MODE` makes it misbehave, for tests of the host:
 //!
@@ -33,11 +39,15 @@
 //! - `wrong_kind`: handshakes normally, then answers every tool call with a
 //!   `configured` response (a protocol violation).
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use exthost::server::{Call, Extension, Stopped};
 use exthost::Tool;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{signal, SignalKind};
 use tower::service_fn;
 
 #[tokio::main(flavor = "current_thread")]
@@ -66,7 +76,6 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 held.push(listener.accept().await?);
                 // Tell a test that the host is connected, with our pid.
                 if let Some(path) = std::env::var_os("MOCK_NOTIFY_SOCKET") {
-                    use tokio::io::AsyncWriteExt;
                     let mut s = tokio::net::UnixStream::connect(path).await?;
                     s.write_all(std::process::id().to_string().as_bytes())
                         .await?;
@@ -93,10 +102,13 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok("impostor-server") => {
             // Bind only once orphaned, so that the impostor is no
-            // descendant of the extension the host spawned.
+            // descendant of the extension the host spawned: the helper's
+            // exit sends SIGUSR1 (caught, so it does not kill us).
             let helper: u32 = std::env::var("MOCK_ORPHAN_OF")?.parse()?;
-            while std::os::unix::process::parent_id() == helper {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            let mut orphaned = signal(SignalKind::user_defined1())?;
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGUSR1)?;
+            if std::os::unix::process::parent_id() == helper {
+                orphaned.recv().await;
             }
         }
         _ => {}
@@ -107,8 +119,9 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(file) => std::fs::read_to_string(file)?.trim().to_owned(),
         None => std::env::var("MOCK_PREFIX").unwrap_or_default(),
     };
+    let notify = std::env::var_os("MOCK_NOTIFY_SOCKET").map(PathBuf::from);
     let object = json!({"type": "object"});
-    let tools = [
+    let mut tools = vec![
         ("echo", "Returns its arguments unchanged", object.clone()),
         (
             "sleep",
@@ -121,8 +134,11 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
             "Exits the extension process without answering",
             object.clone(),
         ),
-        ("pid", "Returns the extension's process id", object),
+        ("pid", "Returns the extension's process id", object.clone()),
     ];
+    if notify.is_some() {
+        tools.push(("wait", "Answers once the test releases it", object));
+    }
     let ext = Extension::new(service.clone())
         .tools(
             tools
@@ -133,7 +149,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .config_schema(&json!({"type": "object", "properties": {"greeting": {"type": "string"}}}));
 
     let handler = service_fn(move |call: Call| {
-        let (prefix, service) = (prefix.clone(), service.clone());
+        let (prefix, service, notify) = (prefix.clone(), service.clone(), notify.clone());
         async move {
             match call {
                 Call::Tool(t) => match t.name.strip_prefix(prefix.as_str()).unwrap_or_default() {
@@ -148,6 +164,13 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     "fail" => Err(format!("{} failed as requested", t.name)),
                     "crash" => std::process::exit(101),
                     "pid" => Ok(std::process::id().to_string()),
+                    "wait" => {
+                        let gate = notify.as_deref().ok_or("wait: no MOCK_NOTIFY_SOCKET")?;
+                        held_until_released(gate, &t.args)
+                            .await
+                            .map_err(|e| format!("wait: {e}"))?;
+                        Ok(format!("released {}", t.args))
+                    }
                     _ => Err(format!("unknown tool: {}", t.name)),
                 },
                 Call::Query(query) => Ok(json!({"service": service, "query": query}).to_string()),
@@ -159,15 +182,42 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
+    // `serve_until` binds its socket before it first polls the stop
+    // future: that first poll is when the mock is listening.
+    let announce = std::env::var_os("MOCK_READY_STDOUT").is_some();
+    let listening = move || -> std::io::Result<()> {
+        if announce {
+            let mut out = std::io::stdout().lock();
+            out.write_all(b"listening\n")?;
+            out.flush()?;
+        }
+        Ok(())
+    };
     let stopped = if stubborn {
         // Catching SIGTERM replaces its default action: it is ignored.
-        let _term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        ext.serve(&args.socket, handler).await?;
+        let _term = signal(SignalKind::terminate())?;
+        let never = async move {
+            listening().expect("write to stdout");
+            std::future::pending::<()>().await
+        };
+        ext.serve_until(&args.socket, handler, never).await?;
         eprintln!("mock: got shutdown, staying alive anyway");
         std::future::pending::<()>().await;
         unreachable!()
     } else {
-        ext.run(handler).await?
+        // What `Extension::run` does, plus the announcement.
+        let (mut term, mut int) = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        );
+        let stop = async move {
+            listening().expect("write to stdout");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        ext.serve_until(&args.socket, handler, stop).await?
     };
     if let Ok(path) = std::env::var("MOCK_SHUTDOWN_FILE") {
         let how = match stopped {
@@ -176,6 +226,16 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         };
         std::fs::write(path, how)?;
     }
+    Ok(())
+}
+
+/// Connects to the test's `gate` socket, writes `args` and a newline, and
+/// returns once the test closes its end.
+async fn held_until_released(gate: &Path, args: &str) -> std::io::Result<()> {
+    let mut s = tokio::net::UnixStream::connect(gate).await?;
+    s.write_all(format!("{args}\n").as_bytes()).await?;
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await?;
     Ok(())
 }
 

@@ -4,13 +4,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::Duration;
 
-use common::{alive, gone_within, mock_bin, temp_dir};
+use common::{alive, gone_within, mock_bin, temp_dir, Gate, WAIT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-const WAIT: Duration = Duration::from_secs(20);
 
 fn exthost() -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_exthost"));
@@ -35,13 +32,20 @@ fn config(dir: &Path, services: &[(&str, &str)]) -> PathBuf {
     path
 }
 
-fn two_mocks(dir: &Path) -> PathBuf {
+/// alpha (`a_` tools, with `a_wait` held at `gate` if given) and beta
+/// (`b_` tools, restarted on failure).
+fn two_mocks(dir: &Path, gate: Option<&Gate>) -> PathBuf {
+    let gate = gate.map_or(String::new(), |g| {
+        format!(", MOCK_NOTIFY_SOCKET = \"{}\"", g.path())
+    });
     config(
         dir,
         &[
             (
                 "alpha",
-                "env = { MOCK_PREFIX = \"a_\", MOCK_SERVICE = \"alpha\" }\ncall_timeout = \"5s\"",
+                &format!(
+                    "env = {{ MOCK_PREFIX = \"a_\", MOCK_SERVICE = \"alpha\"{gate} }}\ncall_timeout = \"5s\""
+                ),
             ),
             (
                 "beta",
@@ -69,7 +73,7 @@ fn stderr(o: &Output) -> String {
 #[tokio::test]
 async fn tools_prints_the_table_and_json() {
     let dir = temp_dir();
-    let cfg = two_mocks(dir.path());
+    let cfg = two_mocks(dir.path(), None);
     let out = output(exthost().arg("tools").arg("--config").arg(&cfg)).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
@@ -114,10 +118,15 @@ async fn tools_exits_1_when_an_extension_fails_but_prints_the_ready_ones() {
 #[tokio::test]
 async fn call_exit_codes_tell_the_kind_of_outcome() {
     let dir = temp_dir();
+    let gate = Gate::bind(dir.path());
+    let alpha = format!(
+        "env = {{ MOCK_PREFIX = \"a_\", MOCK_NOTIFY_SOCKET = \"{}\" }}",
+        gate.path()
+    );
     let cfg = config(
         dir.path(),
         &[
-            ("alpha", "env = { MOCK_PREFIX = \"a_\" }"),
+            ("alpha", &alpha),
             ("wrong", "env = { MOCK_MODE = \"wrong_kind\" }"),
         ],
     );
@@ -140,13 +149,35 @@ async fn call_exit_codes_tell_the_kind_of_outcome() {
     let out = output(&mut call(&["a_echo"])).await;
     assert_eq!(stdout(&out), "{}\n", "ARGS defaults to {{}}");
 
+    // The held call cannot be answered before the error is printed.
+    let mut timing_out = call(&["a_wait", "held", "--timeout", "200ms"]);
+    let mut timing_out = timing_out
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = gate.arrival().await;
+    let mut err_lines = BufReader::new(timing_out.stderr.take().unwrap()).lines();
+    let mut err = String::new();
+    while !err.contains("timeout error") {
+        let line = tokio::time::timeout(WAIT, err_lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no timeout error printed: {err}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("no timeout error printed: {err}"));
+        err += &line;
+    }
+    // Released, the late answer lets the extension shut down at once.
+    held.release();
+    let out = tokio::time::timeout(WAIT, timing_out.wait_with_output())
+        .await
+        .expect("exthost did not finish")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(stdout(&out).is_empty());
+
     for (args, code, kind) in [
         (&["nope"][..], 2, "unknown_tool"),
-        (
-            &["a_sleep", r#"{"ms":5000}"#, "--timeout", "200ms"][..],
-            3,
-            "timeout",
-        ),
         (&["a_fail"][..], 4, "extension"),
         (&["a_crash"][..], 5, "unavailable"),
         (&["w_echo"][..], 6, "protocol"),
@@ -177,6 +208,8 @@ struct Run {
     child: tokio::process::Child,
     stdin: Option<tokio::process::ChildStdin>,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// Its logs; the few lines a test leaves unread fit in the pipe.
+    logs: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
 }
 
 impl Run {
@@ -187,14 +220,35 @@ impl Run {
             .arg(cfg)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdin = child.stdin.take();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let logs = BufReader::new(child.stderr.take().unwrap()).lines();
         Run {
             child,
             stdin,
             lines,
+            logs,
+        }
+    }
+
+    /// Reads its logs (bounded) up to the first line with every one of
+    /// `words`.
+    async fn logged(&mut self, words: &[&str]) -> String {
+        let mut seen = String::new();
+        loop {
+            let line = tokio::time::timeout(WAIT, self.logs.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("not logged: {words:?}; logs so far:\n{seen}"))
+                .unwrap()
+                .unwrap_or_else(|| panic!("logs ended before {words:?}:\n{seen}"));
+            if words.iter().all(|w| line.contains(w)) {
+                return line;
+            }
+            seen += &line;
+            seen += "\n";
         }
     }
 
@@ -223,16 +277,18 @@ impl Run {
 #[tokio::test]
 async fn run_serves_json_lines_concurrently_and_survives_bad_lines() {
     let dir = temp_dir();
-    let mut run = Run::start(&two_mocks(dir.path()));
+    let gate = Gate::bind(dir.path());
+    let mut run = Run::start(&two_mocks(dir.path(), Some(&gate)));
 
-    // A slow call, then a fast one on the other extension: the fast answer
-    // comes first.
-    run.send(r#"{"id": 1, "tool": "a_sleep", "args": {"ms": 500}}"#)
+    // A call held until released, then a fast one on the other extension:
+    // the fast answer comes first.
+    run.send(r#"{"id": 1, "tool": "a_wait", "args": "held"}"#)
         .await;
     run.send(r#"{"id": "fast", "tool": "b_echo", "args": "raw text"}"#)
         .await;
     assert_eq!(run.recv().await, json!({"id": "fast", "ok": "raw text"}));
-    assert_eq!(run.recv().await, json!({"id": 1, "ok": "slept 500 ms"}));
+    gate.arrival().await.release();
+    assert_eq!(run.recv().await, json!({"id": 1, "ok": "released held"}));
 
     let bad = run.ask("this is not json").await;
     assert_eq!(bad["id"], Value::Null);
@@ -251,12 +307,14 @@ async fn run_serves_json_lines_concurrently_and_survives_bad_lines() {
     let unknown = run.ask(r#"{"id": 4, "tool": "zzz"}"#).await;
     assert_eq!(unknown["error"]["kind"], "unknown_tool");
     let timeout = run
-        .ask(r#"{"id": 5, "tool": "a_sleep", "args": {"ms": 3000}, "timeout_ms": 50}"#)
+        .ask(r#"{"id": 5, "tool": "a_wait", "args": "held", "timeout_ms": 50}"#)
         .await;
     assert_eq!(timeout["error"]["kind"], "timeout");
+    // Its late answer frees alpha for the schema below.
+    gate.arrival().await.release();
 
     let tools = run.ask(r#"{"id": 6, "op": "tools"}"#).await;
-    assert_eq!(tools["ok"].as_array().unwrap().len(), 10);
+    assert_eq!(tools["ok"].as_array().unwrap().len(), 11, "with a_wait");
     let query = run
         .ask(r#"{"id": 7, "op": "query", "service": "beta", "query": "q"}"#)
         .await;
@@ -289,24 +347,24 @@ async fn run_serves_json_lines_concurrently_and_survives_bad_lines() {
 #[tokio::test]
 async fn run_reports_a_crash_and_the_restart() {
     let dir = temp_dir();
-    let mut run = Run::start(&two_mocks(dir.path()));
+    let mut run = Run::start(&two_mocks(dir.path(), None));
     let old = run.ask(r#"{"id": 1, "tool": "b_pid"}"#).await["ok"].clone();
     let crash = run.ask(r#"{"id": 2, "tool": "b_crash"}"#).await;
     assert_eq!(crash["error"]["kind"], "unavailable");
-    // Ask for the status until the restart shows (bounded).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let status = run.ask(r#"{"id": "s", "op": "status"}"#).await;
-        let beta = &status["ok"]["beta"];
-        if beta["state"] == "ready" && beta["restarts"] == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no restart: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The restart shows in the logs, then in the status.
+    run.logged(&[
+        "service status",
+        "service=beta",
+        "state=ready",
+        "restarts=1",
+    ])
+    .await;
+    let status = run.ask(r#"{"id": "s", "op": "status"}"#).await;
+    let beta = &status["ok"]["beta"];
+    assert!(
+        beta["state"] == "ready" && beta["restarts"] == 1,
+        "no restart: {status}"
+    );
     let new = run.ask(r#"{"id": 3, "tool": "b_pid"}"#).await["ok"].clone();
     assert_ne!(old, new);
     drop(run.stdin.take());
@@ -316,7 +374,7 @@ async fn run_reports_a_crash_and_the_restart() {
 #[tokio::test]
 async fn run_shuts_down_gracefully_on_sigterm() {
     let dir = temp_dir();
-    let mut run = Run::start(&two_mocks(dir.path()));
+    let mut run = Run::start(&two_mocks(dir.path(), None));
     // Answered once alpha is ready (run serves while services start).
     let pid = run.ask(r#"{"id": 1, "tool": "a_pid"}"#).await;
     let pid: u32 = pid["ok"].as_str().unwrap().parse().unwrap();

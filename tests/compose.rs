@@ -2,9 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{connect, spawn_mock, temp_dir};
+use common::{spawn_mock, temp_dir, WAIT};
 use exthost::client::Connection;
 use exthost::proto::{ExtRequest, ExtResponse};
 use tower::load::Load;
@@ -27,8 +25,7 @@ async fn reconnect_replaces_a_broken_connection() {
     });
     let mut svc = Reconnect::new(make, sock.clone());
 
-    let mut first = spawn_mock(&sock, &[]);
-    drop(connect(&sock).await); // wait until it listens
+    let mut first = spawn_mock(&sock, &[]).await;
     let pid = |resp: ExtResponse| match resp.msg {
         Some(exthost::proto::ext_response::Msg::ToolResult(r)) => r.result.parse::<u32>().unwrap(),
         other => panic!("{other:?}"),
@@ -44,9 +41,8 @@ async fn reconnect_replaces_a_broken_connection() {
 
     // The extension dies and a new one takes its place at the same path.
     first.child.kill().unwrap();
-    assert!(first.wait_exit(Duration::from_secs(10)).await.is_some());
-    let second = spawn_mock(&sock, &[]);
-    drop(connect(&sock).await);
+    assert!(first.wait_exit(WAIT).await.is_some());
+    let second = spawn_mock(&sock, &[]).await;
 
     // A call may still meet the old, broken connection once; after that
     // the broken connection reports itself in poll_ready and Reconnect
@@ -76,10 +72,10 @@ async fn load_is_the_number_of_answers_owed() {
         .map(|_| tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("t", ""))))
         .collect();
     for _ in 0..3 {
-        futures::StreamExt::next(&mut ext).await.unwrap().unwrap();
+        common::recv(&mut ext).await;
     }
     assert_eq!(conn.load(), 3);
     for c in calls {
-        c.abort();
+        common::abort(c).await;
     }
 }

@@ -6,14 +6,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{alive, example_bin, gone_within, mock_bin, temp_dir, FakeExt};
+use common::{alive, example_bin, gone_within, join, mock_bin, temp_dir, FakeExt, Gate, WAIT};
 use exthost::conformance::{Check, Checker, Level, Outcome, Report};
 use exthost::proto::{ext_request::Msg, Capability, ExtResponse, PROTOCOL_VERSION};
 use exthost::Tool;
 use futures::{SinkExt, StreamExt};
-use tokio::io::AsyncReadExt;
-
-const WAIT: Duration = Duration::from_secs(20);
 
 /// Runs `program` through `/bin/sh`, which first writes its pid (the
 /// program's, after `exec`) and the socket path it was given to `record`.
@@ -193,37 +190,31 @@ async fn program_that_does_not_start_fails_socket_and_nothing_else_runs() {
 async fn dropping_a_check_half_way_kills_the_program_and_removes_its_folder() {
     let dir = temp_dir();
     let record = dir.path().join("record");
-    let notify = dir.path().join("notify.sock");
-    let listener = tokio::net::UnixListener::bind(&notify).unwrap();
+    let gate = Gate::bind(dir.path());
     // The extension accepts the connection, then never answers.
     let checker = Checker::new()
         .timeout(Duration::from_secs(600))
         .env("MOCK_MODE", "hang")
-        .env("MOCK_NOTIFY_SOCKET", &notify);
+        .env("MOCK_NOTIFY_SOCKET", gate.path());
     let (checker, args) = recorded(checker, &mock_bin(), &record);
     let check = checker.check_program("/bin/sh", &args);
 
-    // Drop the check once the extension has accepted its connection.
-    let accepted = tokio::time::timeout(WAIT, async {
-        tokio::select! {
-            report = check => panic!("the check finished: {report:?}"),
-            accepted = listener.accept() => accepted.unwrap().0,
-        }
-    })
-    .await
-    .expect("the extension never accepted a connection");
-    let mut told = String::new();
-    let mut accepted = accepted;
-    accepted.read_to_string(&mut told).await.unwrap();
+    // Drop the check once the extension has accepted its connection and
+    // told us so (while it still runs: the check kills it when dropped).
+    let told = tokio::select! {
+        report = check => panic!("the check finished: {report:?}"),
+        pid = gate.hung() => pid,
+    };
 
     let (pid, socket) = read_record(&record);
-    assert_eq!(told, pid.to_string());
+    assert_eq!(told, pid);
     assert!(!socket.parent().unwrap().exists(), "the folder is left");
     assert!(gone_within(pid, WAIT).await, "the extension still runs");
 }
 
 /// Plays a correct extension over `ext` that echoes correlation ids, then
-/// ignores `shutdown` and keeps the connection open.
+/// ignores `shutdown` and keeps the connection open until the host closes
+/// it.
 async fn stays_open_after_shutdown(mut ext: FakeExt) {
     while let Some(req) = ext.next().await {
         let req = req.unwrap();
@@ -241,8 +232,9 @@ async fn stays_open_after_shutdown(mut ext: FakeExt) {
             Some(Msg::GetSchema(_)) => ExtResponse::schema_result("{}"),
             Some(Msg::ToolCall(_)) => ExtResponse::error("unknown tool"),
             Some(Msg::Shutdown(_)) => {
-                std::future::pending::<()>().await;
-                unreachable!()
+                // Reads, and answers, nothing more until the host closes.
+                while ext.next().await.is_some() {}
+                return;
             }
             _ => ExtResponse::error("unsupported"),
         };
@@ -254,7 +246,7 @@ async fn stays_open_after_shutdown(mut ext: FakeExt) {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn over_a_stream_shutdown_fails_while_the_connection_stays_open() {
     let (io, ext) = common::fake_pair();
-    let _ext = tokio::spawn(stays_open_after_shutdown(ext));
+    let ext = tokio::spawn(stays_open_after_shutdown(ext));
     let report = Checker::new()
         .timeout(Duration::from_secs(5))
         .check_stream(io)
@@ -264,6 +256,8 @@ async fn over_a_stream_shutdown_fails_while_the_connection_stays_open() {
         matches!(failed.as_slice(), [(Check::Shutdown, Outcome::Fail(r))] if r.contains("still open")),
         "{report}"
     );
+    // The checker has closed its end.
+    join(ext).await;
 }
 
 #[tokio::test]
@@ -292,5 +286,5 @@ async fn over_a_stream_an_exthost_server_extension_passes_every_check() {
         .await;
     assert!(report.is_conformant(true), "{report}");
     // The extension's side ended on `shutdown`.
-    served.await.unwrap().unwrap();
+    join(served).await.unwrap();
 }

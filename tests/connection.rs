@@ -5,15 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fake_pair, FakeExt};
+use common::{fake_pair, recv, FakeExt, WAIT};
 use exthost::client::{Connection, ConnectionError};
 use exthost::proto::{ExtRequest, ExtResponse, RequestKind, ResponseKind};
 use futures::{SinkExt, StreamExt};
 use tower::{Service, ServiceExt};
-
-async fn recv(ext: &mut FakeExt) -> ExtRequest {
-    ext.next().await.expect("host closed").expect("bad frame")
-}
 
 /// True if the fake extension receives nothing more until the (paused)
 /// clock has run 1 s ahead with every task idle.
@@ -127,7 +123,7 @@ async fn extension_going_away_while_idle_breaks_the_connection() {
     let conn = Connection::new(io);
     drop(ext);
     // The worker notices the close without any request being made.
-    let cause = tokio::time::timeout(Duration::from_secs(10), conn.broken())
+    let cause = tokio::time::timeout(WAIT, conn.broken())
         .await
         .expect("the close was not noticed");
     assert!(matches!(cause, ConnectionError::Closed));
@@ -236,7 +232,7 @@ async fn busy_connection_is_not_stuck_while_answers_keep_coming() {
                 .oneshot(ExtRequest::tool_call("t", i.to_string())),
         );
         recv(&mut ext).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
         ext.send(ExtResponse::tool_result(i.to_string()))
             .await
             .unwrap();
@@ -279,7 +275,7 @@ async fn timeout_covers_waiting_for_an_in_flight_slot() {
     assert_eq!(timed_out.after(), Duration::from_secs(1));
     // It never reached the extension: the only request sent is the first.
     assert!(receives_nothing(&mut ext).await);
-    first.abort();
+    common::abort(first).await;
 }
 
 #[tokio::test(flavor = "current_thread")]

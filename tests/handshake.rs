@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fake_pair, FakeExt};
+use common::{fake_pair, join, recv, FakeExt};
 use exthost::client::Connection;
 use exthost::handshake::{
     configure, handshake, hello, register_tools, HandshakeError, Step, ToolMismatch,
@@ -18,9 +18,17 @@ use tower::timeout::{error::Elapsed, Timeout};
 const STEP: Duration = Duration::from_secs(10);
 
 async fn expect(ext: &mut FakeExt, kind: RequestKind) -> ExtRequest {
-    let req = ext.next().await.expect("host closed").expect("bad frame");
+    let req = recv(ext).await;
     assert_eq!(req.kind(), kind, "{req:?}");
     req
+}
+
+/// Waits for the host to close the connection, having sent nothing more.
+async fn until_closed(mut ext: FakeExt) -> FakeExt {
+    if let Some(req) = ext.next().await {
+        panic!("the host sent more: {req:?}");
+    }
+    ext
 }
 
 /// Answers `hello` with a `ready` that declares nothing, then waits for
@@ -42,7 +50,9 @@ fn def(name: &str, params: &[u8]) -> ToolDef {
     }
 }
 
-/// Runs the host's handshake against `script`, which plays the extension.
+/// Runs the host's handshake against `script`, which plays the extension,
+/// then closes the connection and waits for the script to end (a panic in
+/// it fails the test).
 async fn run<F, Fut>(script: F) -> Result<exthost::handshake::ExtensionInfo, HandshakeError>
 where
     F: FnOnce(FakeExt) -> Fut,
@@ -53,7 +63,7 @@ where
     let ext = tokio::spawn(script(ext));
     let result = handshake(&mut conn, &json!({"greeting": "hi"}), STEP).await;
     drop(conn);
-    drop(ext);
+    join(ext).await;
     result
 }
 
@@ -183,9 +193,8 @@ async fn unexpected_reply_through_a_lenient_service_names_what_arrived() {
 async fn silent_extension_times_out_at_the_step_it_stalls() {
     let err = run(|mut ext| async move {
         greet_until_configure(&mut ext).await;
-        // Never answers; holds the connection open.
-        std::future::pending::<()>().await;
-        ext
+        // Never answers; holds the connection open until the host closes it.
+        until_closed(ext).await
     })
     .await
     .unwrap_err();
@@ -257,7 +266,8 @@ async fn capabilities_and_schemas_that_disagree_are_reported() {
 }
 
 /// Plays a correct extension that declares one tool, `t`, and answers the
-/// `slow` step only after `delay` (on the test's clock).
+/// `slow` step only after `delay` (on the test's clock), unless the host
+/// gives up and closes the connection first.
 async fn answer_slowly(mut ext: FakeExt, slow: RequestKind, delay: Duration) -> FakeExt {
     for (kind, resp) in [
         (
@@ -272,7 +282,13 @@ async fn answer_slowly(mut ext: FakeExt, slow: RequestKind, delay: Duration) -> 
     ] {
         expect(&mut ext, kind).await;
         if kind == slow {
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                next = ext.next() => {
+                    assert!(next.is_none(), "the host sent more: {next:?}");
+                    return ext;
+                }
+            }
         }
         ext.send(resp).await.unwrap();
     }
@@ -283,7 +299,7 @@ async fn answer_slowly(mut ext: FakeExt, slow: RequestKind, delay: Duration) -> 
 async fn inner_service_timeout_is_a_transport_error_not_the_step_timeout() {
     tokio::time::pause();
     let (io, ext) = fake_pair();
-    let _ext = tokio::spawn(answer_slowly(
+    let ext = tokio::spawn(answer_slowly(
         ext,
         RequestKind::Configure,
         Duration::from_secs(5),
@@ -300,13 +316,15 @@ async fn inner_service_timeout_is_a_transport_error_not_the_step_timeout() {
         "{err:?}"
     );
     assert!(start.elapsed() < STEP, "{:?}", start.elapsed());
+    drop(svc);
+    join(ext).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn step_over_its_timeout_fails_as_timeout_naming_the_step_and_its_limit() {
     tokio::time::pause();
     let (io, ext) = fake_pair();
-    let _ext = tokio::spawn(answer_slowly(
+    let ext = tokio::spawn(answer_slowly(
         ext,
         RequestKind::RegisterTools,
         Duration::from_secs(30),
@@ -321,6 +339,8 @@ async fn step_over_its_timeout_fails_as_timeout_naming_the_step_and_its_limit() 
         ),
         "{err:?}"
     );
+    drop(svc);
+    join(ext).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -339,7 +359,7 @@ async fn slow_step_within_a_long_step_timeout_succeeds() {
         .unwrap();
     assert_eq!(info.tools[0].name, "t");
     assert!(start.elapsed() >= Duration::from_secs(30));
-    ext.await.unwrap();
+    join(ext).await;
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -4,66 +4,47 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{hostile_bin, mock_bin, temp_dir};
+use common::{call, hostile_bin, manager, mock, temp_dir, wait_until};
 use exthost::client::ConnectionError;
 use exthost::config::{RestartPolicy, ServiceConfig};
-use exthost::manager::{DownReason, RestartLimits, ServiceManager, ServiceState, ServiceStatus};
-use exthost::process::Paths;
-use exthost::router::ToolCall;
+use exthost::manager::{DownReason, ServiceManager, ServiceState};
 use exthost::{CallError, StartError};
-use tower::ServiceExt;
 
-const WAIT: Duration = Duration::from_secs(20);
+/// The hostile extension in `mode`. Its call and handshake timeouts are
+/// the defaults, far longer than any mode takes to misbehave, so that no
+/// outcome depends on how fast a loaded machine is; the modes whose
+/// misbehaviour is silence set short ones (silence is all they can meet).
+fn hostile(mode: &str) -> ServiceConfig {
+    ServiceConfig::command(hostile_bin())
+        .with_env("HOSTILE_MODE", mode)
+        .with_shutdown_grace(Duration::from_millis(500))
+}
 
-/// A manager with a hostile extension (`mode`, restart per `restart`) and
-/// a healthy mock beside it.
+/// A hostile extension's timeouts when it stays silent: a call times out
+/// after 200 ms, and the connection is reset 100 ms later.
+fn silent(cfg: ServiceConfig) -> ServiceConfig {
+    cfg.with_call_timeout(Duration::from_millis(200))
+        .with_stuck_margin(Duration::from_millis(100))
+}
+
+/// A manager with `hostile` (restart per `restart`) and a healthy mock
+/// beside it.
 async fn start(
     dir: &std::path::Path,
-    mode: &str,
+    hostile: ServiceConfig,
     restart: RestartPolicy,
 ) -> (ServiceManager, exthost::manager::StartReport) {
-    let hostile = ServiceConfig::command(hostile_bin())
-        .with_env("HOSTILE_MODE", mode)
-        .with_restart(restart)
-        // Long enough that a loaded machine answers a hostile reply before
-        // it; skipped answers still reset the connection within 2.5 s.
-        .with_call_timeout(Duration::from_secs(2))
-        .with_stuck_margin(Duration::from_millis(500))
-        .with_handshake_timeout(Duration::from_secs(2))
-        .with_shutdown_grace(Duration::from_millis(500));
-    let healthy = ServiceConfig::command(mock_bin()).with_env("MOCK_PREFIX", "ok_");
-    let configs: BTreeMap<_, _> = [
-        ("hostile".to_owned(), hostile),
-        ("healthy".to_owned(), healthy),
-    ]
-    .into();
-    let limits = RestartLimits {
-        backoff_base: Duration::from_millis(10),
-        ..RestartLimits::default()
-    };
-    let m = ServiceManager::with_limits(&configs, Paths::under(dir, dir.join("d.sock")), limits);
+    let m = manager(
+        dir,
+        vec![
+            ("hostile", hostile.with_restart(restart)),
+            ("healthy", mock("ok_")),
+        ],
+    );
     let report = m.start().await;
     (m, report)
-}
-
-async fn call(m: &ServiceManager, tool: &str, args: &str) -> Result<String, CallError> {
-    tokio::time::timeout(WAIT, m.router().oneshot(ToolCall::new(tool, args)))
-        .await
-        .expect("a call hung")
-}
-
-async fn wait_until(
-    m: &ServiceManager,
-    service: &str,
-    pred: impl FnMut(&ServiceStatus) -> bool,
-) -> ServiceStatus {
-    tokio::time::timeout(WAIT, m.wait_for(service, pred))
-        .await
-        .unwrap_or_else(|_| panic!("{service}: no such status; now {:?}", m.status(service)))
-        .unwrap()
 }
 
 /// The healthy neighbour still answers.
@@ -77,7 +58,7 @@ async fn healthy_still_works(m: &ServiceManager) {
 /// A hostile answer is a typed error, and the extension is restarted.
 async fn violation_then_restart(mode: &str, check: impl Fn(&CallError) -> bool) {
     let dir = temp_dir();
-    let (m, report) = start(dir.path(), mode, RestartPolicy::OnFailure).await;
+    let (m, report) = start(dir.path(), hostile(mode), RestartPolicy::OnFailure).await;
     assert_eq!(report.ready.len(), 2, "{:?}", report.failed);
     let err = call(&m, "h_call", "{}").await.unwrap_err();
     assert!(check(&err), "{mode}: {err:?}");
@@ -131,7 +112,7 @@ async fn half_a_frame_then_close_makes_the_call_unavailable_and_restarts() {
 #[tokio::test]
 async fn two_answers_to_one_request_never_reach_the_next_caller() {
     let dir = temp_dir();
-    let (m, _) = start(dir.path(), "double", RestartPolicy::OnFailure).await;
+    let (m, _) = start(dir.path(), hostile("double"), RestartPolicy::OnFailure).await;
     assert_eq!(call(&m, "h_call", "first").await.unwrap(), "first");
     // The second answer to "first" is unsolicited: the connection is reset
     // rather than handing it to the next call.
@@ -153,7 +134,8 @@ async fn two_answers_to_one_request_never_reach_the_next_caller() {
 #[tokio::test]
 async fn an_extension_that_skips_one_answer_is_reset_as_stuck_and_recovers() {
     let dir = temp_dir();
-    let (m, _) = start(dir.path(), "skip_one", RestartPolicy::OnFailure).await;
+    let cfg = silent(hostile("skip_one"));
+    let (m, _) = start(dir.path(), cfg, RestartPolicy::OnFailure).await;
     let err = call(&m, "h_call", "skipped").await.unwrap_err();
     assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
     // Later calls must never get a shifted answer: they wait behind the
@@ -174,7 +156,8 @@ async fn an_extension_that_skips_one_answer_is_reset_as_stuck_and_recovers() {
 #[tokio::test]
 async fn an_extension_that_never_reads_cannot_hang_the_host() {
     let dir = temp_dir();
-    let (m, _) = start(dir.path(), "no_read", RestartPolicy::Never).await;
+    let cfg = silent(hostile("no_read"));
+    let (m, _) = start(dir.path(), cfg, RestartPolicy::Never).await;
     // 1 MiB arguments: the socket buffer fills and writes stall.
     let big = "x".repeat(1 << 20);
     let calls: Vec<_> = (0..4).map(|_| call(&m, "h_call", &big)).collect();
@@ -205,7 +188,11 @@ async fn an_extension_that_never_reads_cannot_hang_the_host() {
 #[tokio::test]
 async fn a_flood_of_unsolicited_answers_resets_the_connection() {
     let dir = temp_dir();
-    let (m, _) = start(dir.path(), "flood", RestartPolicy::Never).await;
+    // With nothing pending, the connection reads only when its worker is
+    // woken: here by the stuck timer armed during the handshake, which
+    // fires stuck_after (call timeout + margin) after it, hence `silent`.
+    let cfg = silent(hostile("flood"));
+    let (m, _) = start(dir.path(), cfg, RestartPolicy::Never).await;
     let status = wait_until(&m, "hostile", |s| s.state == ServiceState::Failed).await;
     assert!(
         matches!(
@@ -227,7 +214,7 @@ async fn a_flood_of_unsolicited_answers_resets_the_connection() {
 #[tokio::test]
 async fn exiting_during_the_handshake_is_reported_with_its_status() {
     let dir = temp_dir();
-    let (m, report) = start(dir.path(), "exit_handshake", RestartPolicy::Never).await;
+    let (m, report) = start(dir.path(), hostile("exit_handshake"), RestartPolicy::Never).await;
     let (name, err) = &report.failed[0];
     assert_eq!(name, "hostile");
     assert!(
@@ -241,7 +228,8 @@ async fn exiting_during_the_handshake_is_reported_with_its_status() {
 #[tokio::test]
 async fn an_extension_that_binds_no_socket_times_out_and_is_marked_failed() {
     let dir = temp_dir();
-    let (m, report) = start(dir.path(), "no_bind", RestartPolicy::Never).await;
+    let cfg = hostile("no_bind").with_handshake_timeout(Duration::from_millis(200));
+    let (m, report) = start(dir.path(), cfg, RestartPolicy::Never).await;
     assert!(
         matches!(*report.failed[0].1, StartError::Timeout { .. }),
         "{:?}",

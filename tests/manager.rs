@@ -2,50 +2,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{alive, gone_within, mock_bin, temp_dir};
+use common::{
+    alive, call, gone_within, join, manager, manager_with, mock, mock_bin, temp_dir, wait_until,
+    Gate, WAIT,
+};
 use exthost::config::{RestartPolicy, ServiceConfig};
-use exthost::manager::{DownReason, RestartLimits, ServiceManager, ServiceState};
-use exthost::process::Paths;
+use exthost::manager::{DownReason, RestartLimits, ServiceState};
 use exthost::router::ToolCall;
 use exthost::{CallError, StartError};
 use tower::ServiceExt;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn mock(prefix: &str) -> ServiceConfig {
-    ServiceConfig::command(mock_bin()).with_env("MOCK_PREFIX", prefix)
-}
-
-fn manager(dir: &std::path::Path, services: Vec<(&str, ServiceConfig)>) -> ServiceManager {
-    let configs: BTreeMap<_, _> = services
-        .into_iter()
-        .map(|(n, c)| (n.to_owned(), c.with_env("MOCK_SERVICE", n)))
-        .collect();
-    let limits = RestartLimits {
-        backoff_base: Duration::from_millis(10),
-        ..RestartLimits::default()
-    };
-    ServiceManager::with_limits(&configs, Paths::under(dir, dir.join("d.sock")), limits)
-}
-
-/// Waits (bounded) for a status of `service` that satisfies `pred`.
-async fn wait_until(
-    m: &ServiceManager,
-    service: &str,
-    pred: impl FnMut(&exthost::manager::ServiceStatus) -> bool,
-) -> exthost::manager::ServiceStatus {
-    tokio::time::timeout(WAIT, m.wait_for(service, pred))
-        .await
-        .unwrap_or_else(|_| panic!("{service}: status never came; now {:?}", m.status(service)))
-        .unwrap()
-}
-
-async fn call(m: &ServiceManager, tool: &str, args: &str) -> Result<String, CallError> {
-    m.router().oneshot(ToolCall::new(tool, args)).await
-}
 
 #[tokio::test]
 async fn calls_are_routed_to_the_extension_that_owns_the_tool() {
@@ -74,23 +41,32 @@ async fn calls_are_routed_to_the_extension_that_owns_the_tool() {
 #[tokio::test]
 async fn a_slow_extension_does_not_delay_calls_to_another() {
     let dir = temp_dir();
-    let m = manager(
-        dir.path(),
-        vec![("alpha", mock("a_")), ("beta", mock("b_"))],
-    );
+    let gate = Gate::bind(dir.path());
+    let alpha = mock("a_").with_env("MOCK_NOTIFY_SOCKET", gate.path());
+    let m = manager(dir.path(), vec![("alpha", alpha), ("beta", mock("b_"))]);
     m.start().await;
-    let slow = call(&m, "a_sleep", r#"{"ms": 1000}"#);
-    let queued = call(&m, "a_echo", "behind the sleep");
-    let other = call(&m, "b_echo", "other");
+    // A call held in alpha until the test releases it, and one queued
+    // behind it (alpha takes one call at a time).
+    let slow = m.router().oneshot(ToolCall::new("a_wait", "held"));
+    let queued = m
+        .router()
+        .oneshot(ToolCall::new("a_echo", "behind the held call"));
     tokio::pin!(slow, queued);
+    let held = tokio::select! {
+        r = &mut slow => panic!("the held call finished: {r:?}"),
+        held = gate.arrival() => held,
+    };
+    // A router that readied every extension before routing would wait for
+    // alpha here, until `call` gives up (WAIT).
     tokio::select! {
         biased;
-        r = &mut slow => panic!("the 1 s call finished first: {r:?}"),
-        r = &mut queued => panic!("a call queued behind the 1 s call finished first: {r:?}"),
-        r = other => assert_eq!(r.unwrap(), "other"),
+        r = &mut slow => panic!("the held call finished first: {r:?}"),
+        r = &mut queued => panic!("a call queued behind the held call finished first: {r:?}"),
+        r = call(&m, "b_echo", "other") => assert_eq!(r.unwrap(), "other"),
     }
-    assert_eq!(slow.await.unwrap(), "slept 1000 ms");
-    assert_eq!(queued.await.unwrap(), "behind the sleep");
+    held.release();
+    assert_eq!(slow.await.unwrap(), "released held");
+    assert_eq!(queued.await.unwrap(), "behind the held call");
     m.shutdown_all().await;
 }
 
@@ -150,18 +126,13 @@ async fn crash_makes_calls_unavailable_until_the_restart_then_a_new_pid_answers(
 async fn calls_during_an_outage_fail_at_once_as_unavailable() {
     let dir = temp_dir();
     // Restarts are held off for a minute: the outage is long.
-    let configs: BTreeMap<_, _> = [(
-        "beta".to_owned(),
-        mock("b_").with_restart(RestartPolicy::Always),
-    )]
-    .into();
     let limits = RestartLimits {
         backoff_base: Duration::from_secs(60),
         ..RestartLimits::default()
     };
-    let m = ServiceManager::with_limits(
-        &configs,
-        Paths::under(dir.path(), dir.path().join("d.sock")),
+    let m = manager_with(
+        dir.path(),
+        vec![("beta", mock("b_").with_restart(RestartPolicy::Always))],
         limits,
     );
     m.start().await;
@@ -191,18 +162,13 @@ async fn crash_loop_trips_the_breaker_and_the_service_stays_failed() {
     let cfg = mock("c_")
         .with_env("MOCK_MODE", "exit")
         .with_restart(RestartPolicy::Always);
-    let configs: BTreeMap<_, _> = [("crashy".to_owned(), cfg)].into();
     let limits = RestartLimits {
         backoff_base: Duration::from_millis(1),
         backoff_cap: Duration::from_millis(5),
         max_restarts: 3,
         window: Duration::from_secs(60),
     };
-    let m = ServiceManager::with_limits(
-        &configs,
-        Paths::under(dir.path(), dir.path().join("d.sock")),
-        limits,
-    );
+    let m = manager_with(dir.path(), vec![("crashy", cfg)], limits);
     let report = m.start().await;
     assert_eq!(report.failed.len(), 1);
     let status = wait_until(&m, "crashy", |s| s.state == ServiceState::Failed).await;
@@ -295,28 +261,35 @@ async fn eight_extensions_start_and_all_stop() {
 #[tokio::test]
 async fn dispatch_tool_keeps_the_reference_string_forms() {
     let dir = temp_dir();
-    let cfg = mock("a_").with_call_timeout(Duration::from_secs(1));
-    let m = manager(dir.path(), vec![("alpha", cfg), ("beta", mock("b_"))]);
+    // alpha only holds calls, so its timeout can be short: its `wait`
+    // answers only once the gate goes.
+    let gate = Gate::bind(dir.path());
+    let alpha = mock("a_")
+        .with_env("MOCK_NOTIFY_SOCKET", gate.path())
+        .with_call_timeout(Duration::from_millis(100));
+    let m = manager(dir.path(), vec![("alpha", alpha), ("beta", mock("b_"))]);
     m.start().await;
     assert_eq!(m.dispatch_tool("nope", "{}", "agent", None).await, None);
     assert_eq!(
-        m.dispatch_tool("a_echo", "hi", "agent", Some(7))
+        m.dispatch_tool("b_echo", "hi", "agent", Some(7))
             .await
             .as_deref(),
         Some("hi")
     );
     assert_eq!(
-        m.dispatch_tool("a_fail", "{}", "agent", None)
+        m.dispatch_tool("b_fail", "{}", "agent", None)
             .await
             .as_deref(),
-        Some("service error: a_fail failed as requested")
+        Some("service error: b_fail failed as requested")
     );
     assert_eq!(
-        m.dispatch_tool("a_sleep", r#"{"ms": 3000}"#, "agent", None)
+        m.dispatch_tool("a_wait", "{}", "agent", None)
             .await
             .as_deref(),
         Some("service timeout: alpha")
     );
+    // Whether or not the held call reached alpha, it answers now.
+    drop(gate);
     let _ = call(&m, "b_crash", "{}").await;
     wait_until(&m, "beta", |s| s.state == ServiceState::Failed).await;
     let text = m
@@ -363,15 +336,25 @@ async fn dropping_the_manager_kills_its_extensions() {
 #[tokio::test]
 async fn gateways_are_supervised_but_not_handshaken() {
     use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncWriteExt;
     let dir = temp_dir();
-    // A gateway that runs a while, then fails; its runs are counted.
+    // A gateway that runs until the test writes a line to `release`, then
+    // fails; its runs are counted. The test holds the fifo open at both
+    // ends, so that neither side's open blocks and lines wait for readers.
     let runs = dir.path().join("runs");
+    let fifo = dir.path().join("release");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut release = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(&fifo)
+        .unwrap();
     let script = dir.path().join("gateway.sh");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho run >> {}\nsleep 0.2\nexit 1\n",
-            runs.display()
+            "#!/bin/sh\necho run >> {}\nread line < {}\nexit 1\n",
+            runs.display(),
+            fifo.display()
         ),
     )
     .unwrap();
@@ -382,11 +365,13 @@ async fn gateways_are_supervised_but_not_handshaken() {
     let report = m.start().await;
     assert_eq!(report.ready, ["alpha", "gw"]);
     assert!(m.tools().iter().all(|t| t.service == "alpha"));
+    release.write_all(b"exit\n").await.unwrap();
     let down = wait_until(&m, "gw", |s| s.state == ServiceState::Restarting).await;
     assert!(
         matches!(down.error, Some(DownReason::Exited(s)) if s.code() == Some(1)),
         "{down:?}"
     );
+    release.write_all(b"exit\n").await.unwrap();
     wait_until(&m, "gw", |s| s.restarts >= 2).await;
     assert!(std::fs::read_to_string(&runs).unwrap().lines().count() >= 2);
     m.shutdown_all().await;
@@ -395,15 +380,15 @@ async fn gateways_are_supervised_but_not_handshaken() {
 #[tokio::test]
 async fn handshakes_run_concurrently() {
     let dir = temp_dir();
-    let notify = dir.path().join("notify.sock");
-    let listener = tokio::net::UnixListener::bind(&notify).unwrap();
+    let gate = Gate::bind(dir.path());
     // Two extensions that accept the host and then never answer, with a
     // long handshake timeout: one after the other, the second would not be
-    // connected before the first's handshake timed out, a minute later.
+    // connected before the first's handshake timed out, a minute later
+    // (past WAIT, so `hung` fails first).
     let hang = || {
         mock("h_")
             .with_env("MOCK_MODE", "hang")
-            .with_env("MOCK_NOTIFY_SOCKET", notify.to_str().unwrap())
+            .with_env("MOCK_NOTIFY_SOCKET", gate.path())
             .with_handshake_timeout(Duration::from_secs(60))
     };
     let m = manager(dir.path(), vec![("h1", hang()), ("h2", hang())]);
@@ -411,27 +396,17 @@ async fn handshakes_run_concurrently() {
         let m = m.clone();
         async move { m.start().await }
     });
-    let mut pids = Vec::new();
-    for _ in 0..2 {
-        let (mut s, _) = tokio::time::timeout(WAIT, listener.accept())
-            .await
-            .expect("both handshakes must be under way at once")
-            .unwrap();
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut text)
-            .await
-            .unwrap();
-        pids.push(text.parse::<i32>().unwrap());
-    }
+    // Both handshakes must be under way at once.
+    let pids = [gate.hung().await, gate.hung().await];
     // End both handshakes: start() then reports both as failed.
     for pid in pids {
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
+            nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
     }
-    let report = tokio::time::timeout(WAIT, start).await.unwrap().unwrap();
+    let report = join(start).await;
     assert_eq!(report.failed.len(), 2, "{:?}", report.failed);
     m.shutdown_all().await;
 }

@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{connect, spawn_mock, temp_dir};
+use common::{connect, spawn_mock, temp_dir, Gate, WAIT};
 use exthost::client::ConnectionError;
 use exthost::handshake::handshake;
 use exthost::proto::{ExtRequest, ExtResponse};
@@ -14,13 +14,11 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
-const WAIT: Duration = Duration::from_secs(10);
-
 #[tokio::test]
 async fn handshake_with_the_mock_process_lists_prefixed_tools() {
     let dir = temp_dir();
     let sock = dir.path().join("m.sock");
-    let _proc = spawn_mock(&sock, &[("MOCK_SERVICE", "alpha"), ("MOCK_PREFIX", "a_")]);
+    let _proc = spawn_mock(&sock, &[("MOCK_SERVICE", "alpha"), ("MOCK_PREFIX", "a_")]).await;
     let mut svc = StackBuilder::new("alpha").build(connect(&sock).await);
     let info = handshake(&mut svc, &json!({"greeting": "hi"}), WAIT)
         .await
@@ -66,7 +64,7 @@ async fn handshake_with_the_mock_process_lists_prefixed_tools() {
 async fn thousand_concurrent_callers_each_get_their_own_echo() {
     let dir = temp_dir();
     let sock = dir.path().join("m.sock");
-    let _proc = spawn_mock(&sock, &[]);
+    let _proc = spawn_mock(&sock, &[]).await;
     let svc = StackBuilder::new("mock")
         .max_in_flight(32)
         .build(connect(&sock).await);
@@ -96,25 +94,26 @@ async fn thousand_concurrent_callers_each_get_their_own_echo() {
 async fn timed_out_call_against_the_process_leaves_the_next_answer_intact() {
     let dir = temp_dir();
     let sock = dir.path().join("m.sock");
-    let _proc = spawn_mock(&sock, &[]);
+    let gate = Gate::bind(dir.path());
+    let _proc = spawn_mock(&sock, &[("MOCK_NOTIFY_SOCKET", gate.path())]).await;
+    // The held call cannot be answered before the test releases it, so
+    // however short, its timeout comes first.
     let stack = StackBuilder::new("mock").timeout(Duration::from_millis(50));
     let conn = stack.connection(connect(&sock).await);
     let svc = stack.service(conn.clone());
     let err = svc
         .clone()
-        .oneshot(ExtRequest::tool_call("sleep", r#"{"ms": 300}"#))
+        .oneshot(ExtRequest::tool_call("wait", "held"))
         .await
         .unwrap_err();
     assert!(err.is::<exthost::stack::TimedOut>(), "{err}");
-    // The sleep's answer is still owed: the next call waits for it to be
-    // read and thrown away, then gets its own answer.
-    let resp = tokio::time::timeout(
-        WAIT,
-        conn.clone().oneshot(ExtRequest::tool_call("echo", "mine")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    // The held call's answer is still owed: the next call waits for it to
+    // be read and thrown away, then gets its own answer.
+    let held = gate.arrival().await;
+    assert_eq!(held.args(), "held");
+    let next = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("echo", "mine")));
+    held.release();
+    let resp = common::join(next).await.unwrap();
     assert_eq!(resp, ExtResponse::tool_result("mine"));
 }
 
@@ -123,7 +122,7 @@ async fn shutdown_removes_the_socket_and_exits_zero() {
     let dir = temp_dir();
     let sock = dir.path().join("m.sock");
     let marker = dir.path().join("stopped");
-    let mut proc = spawn_mock(&sock, &[("MOCK_SHUTDOWN_FILE", marker.to_str().unwrap())]);
+    let mut proc = spawn_mock(&sock, &[("MOCK_SHUTDOWN_FILE", marker.to_str().unwrap())]).await;
     let svc = StackBuilder::new("mock").build(connect(&sock).await);
     let echo = svc
         .clone()
@@ -142,7 +141,7 @@ async fn sigterm_stops_the_mock_cleanly() {
     let dir = temp_dir();
     let sock = dir.path().join("m.sock");
     let marker = dir.path().join("stopped");
-    let mut proc = spawn_mock(&sock, &[("MOCK_SHUTDOWN_FILE", marker.to_str().unwrap())]);
+    let mut proc = spawn_mock(&sock, &[("MOCK_SHUTDOWN_FILE", marker.to_str().unwrap())]).await;
     drop(connect(&sock).await);
     let pid = nix::unistd::Pid::from_raw(proc.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -155,7 +154,7 @@ async fn sigterm_stops_the_mock_cleanly() {
 async fn crash_fails_the_call_with_closed_and_the_process_exits_101() {
     let dir = temp_dir();
     let sock = dir.path().join("m.sock");
-    let mut proc = spawn_mock(&sock, &[]);
+    let mut proc = spawn_mock(&sock, &[]).await;
     let stack = StackBuilder::new("mock");
     let conn = stack.connection(connect(&sock).await);
     let svc = stack.service(conn.clone());
@@ -177,7 +176,7 @@ async fn independent_raw_client_speaks_to_the_mock() {
     // Written from DESIGN.md's wire table alone: no prost, no exthost codec.
     let dir = temp_dir();
     let sock = dir.path().join("m.sock");
-    let _proc = spawn_mock(&sock, &[("MOCK_SERVICE", "raw")]);
+    let _proc = spawn_mock(&sock, &[("MOCK_SERVICE", "raw")]).await;
     let mut s = connect(&sock).await;
 
     // ExtRequest{hello(1){version(1)="0.2"}}
@@ -208,7 +207,7 @@ async fn independent_raw_client_speaks_to_the_mock() {
 async fn oversized_frame_from_the_host_closes_only_that_connection() {
     let dir = temp_dir();
     let sock = dir.path().join("m.sock");
-    let _proc = spawn_mock(&sock, &[]);
+    let _proc = spawn_mock(&sock, &[]).await;
     let mut s = connect(&sock).await;
     s.write_all(&(64u32 * 1024 * 1024).to_be_bytes())
         .await

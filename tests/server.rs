@@ -2,8 +2,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
+use common::join;
 use exthost::client::Connection;
 use exthost::proto::{ExtRequest, ExtResponse};
 use exthost::server::{Call, Extension};
@@ -44,7 +47,7 @@ async fn pipelined_requests_run_concurrently_and_are_answered_in_order() {
             }
         })
     };
-    tokio::spawn(ext().serve_connection(ext_io, handler));
+    let server = tokio::spawn(ext().serve_connection(ext_io, handler));
     let conn = Connection::builder().max_in_flight(2).build(host);
     let both = async {
         tokio::join!(
@@ -57,6 +60,8 @@ async fn pipelined_requests_run_concurrently_and_are_answered_in_order() {
         .expect("the server ran pipelined requests one at a time");
     assert_eq!(a.unwrap(), ExtResponse::tool_result("first done"));
     assert_eq!(b.unwrap(), ExtResponse::tool_result("second done"));
+    drop(conn);
+    join(server).await.unwrap();
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -70,7 +75,7 @@ async fn undeclared_tools_and_queries_are_refused_without_reaching_the_service()
             async { Ok::<_, String>(String::new()) }
         })
     };
-    tokio::spawn(ext().serve_connection(ext_io, handler));
+    let server = tokio::spawn(ext().serve_connection(ext_io, handler));
     let conn = Connection::new(host);
     let resp = conn
         .clone()
@@ -94,6 +99,8 @@ async fn undeclared_tools_and_queries_are_refused_without_reaching_the_service()
         .unwrap();
     assert_eq!(resp, ExtResponse::schema_result("{}"));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+    drop(conn);
+    join(server).await.unwrap();
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -106,7 +113,7 @@ async fn service_errors_become_error_responses_with_their_text() {
             _ => Err("tool broke".to_owned()),
         }
     });
-    tokio::spawn(ext().serve_connection(ext_io, handler));
+    let server = tokio::spawn(ext().serve_connection(ext_io, handler));
     let conn = Connection::new(host);
     let ok = conn
         .clone()
@@ -126,6 +133,8 @@ async fn service_errors_become_error_responses_with_their_text() {
         .await
         .unwrap();
     assert_eq!(broke.error_message(), Some("tool broke"));
+    drop(conn);
+    join(server).await.unwrap();
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -138,7 +147,7 @@ async fn answers_echo_the_requests_correlation_id() {
             _ => Ok(String::new()),
         }
     });
-    tokio::spawn(ext().serve_connection(ext_io, handler));
+    let server = tokio::spawn(ext().serve_connection(ext_io, handler));
     let mut framed = tokio_util::codec::Framed::new(host, exthost::codec::ClientCodec::new());
     for (id, req) in [
         (Some(77), ExtRequest::tool_call("first", "x")),
@@ -151,4 +160,6 @@ async fn answers_echo_the_requests_correlation_id() {
         let resp = framed.next().await.unwrap().unwrap();
         assert_eq!(resp.correlation_id, id, "{resp:?}");
     }
+    drop(framed);
+    join(server).await.unwrap();
 }

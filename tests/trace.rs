@@ -8,6 +8,7 @@ use exthost::trace::TraceLayer;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 #[derive(Clone, Default)]
@@ -95,4 +96,63 @@ fn each_request_gets_a_span_with_its_fields_and_an_outcome_event() {
     assert!(log.contains(r#"outcome="ok""#), "{log}");
     assert!(log.contains(r#"outcome="extension_error""#), "{log}");
     assert!(log.contains(r#"message="no such index""#), "{log}");
+}
+
+/// An event's fields, and the name of the span it belongs to.
+type Placed = (String, Option<&'static str>);
+
+/// Records, for each event, its fields and the span it belongs to.
+#[derive(Clone, Default)]
+struct Parents(Arc<Mutex<Vec<Placed>>>);
+
+impl<S> Layer<S> for Parents
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        let mut f = Fields(String::new());
+        event.record(&mut f);
+        let parent = ctx.event_span(event).map(|span| span.name());
+        self.0.lock().unwrap().push((f.0, parent));
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn events_in_the_inner_call_and_its_future_belong_to_the_request_span() {
+    let parents = Parents::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(parents.clone()));
+    let svc = ServiceBuilder::new()
+        .layer(TraceLayer::new("search"))
+        .service(service_fn(|_req: ExtRequest| {
+            // In `call` itself, before the future exists.
+            tracing::debug!(step = "call");
+            async {
+                tracing::debug!(step = "first poll");
+                tokio::task::yield_now().await;
+                tracing::debug!(step = "second poll");
+                Ok::<_, tower::BoxError>(ExtResponse::tool_result("found"))
+            }
+        }));
+    let resp = svc
+        .oneshot(ExtRequest::tool_call("find", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(resp, ExtResponse::tool_result("found"));
+    // The span is left when the call returns.
+    tracing::debug!(step = "after");
+
+    let events = parents.0.lock().unwrap().clone();
+    let parent_of = |step: &str| {
+        let field = format!(r#" step="{step}""#);
+        events
+            .iter()
+            .find(|(fields, _)| *fields == field)
+            .unwrap_or_else(|| panic!("no event {field}: {events:?}"))
+            .1
+    };
+    assert_eq!(parent_of("call"), Some("ext_request"), "{events:?}");
+    assert_eq!(parent_of("first poll"), Some("ext_request"), "{events:?}");
+    assert_eq!(parent_of("second poll"), Some("ext_request"), "{events:?}");
+    assert_eq!(parent_of("after"), None, "{events:?}");
 }

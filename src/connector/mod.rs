@@ -378,6 +378,7 @@ async fn connect_and_handshake(
 ) -> Result<Connected, StartError> {
     let stream = wait_for_socket(name, proc, config.handshake_timeout()).await?;
     peer::check_peer(name, &stream, proc.pid())?;
+    proc.socket_bound();
 
     let connected = tokio::select! {
         connected = connector.connect(name, config, stream) => connected,
