@@ -408,3 +408,23 @@ async fn poll_ready_takes_the_slot_and_a_clone_does_not_inherit_it() {
         "dropping the holder frees it"
     );
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_unsolicited_answer_on_an_idle_connection_is_noticed_at_once() {
+    let (io, mut ext) = fake_pair();
+    // No stuck timer: nothing but the socket itself can wake the worker.
+    let conn = Connection::new(io);
+    let call = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("a", "")));
+    recv(&mut ext).await;
+    ext.send(ExtResponse::tool_result("a")).await.unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), ExtResponse::tool_result("a"));
+    // Idle now; a stray answer arrives.
+    ext.send(ExtResponse::tool_result("stray")).await.unwrap();
+    let broken = tokio::time::timeout(Duration::from_secs(60), conn.broken())
+        .await
+        .expect("the idle connection never read the stray answer");
+    assert!(
+        matches!(broken, ConnectionError::Unsolicited { .. }),
+        "{broken:?}"
+    );
+}

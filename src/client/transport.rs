@@ -92,6 +92,17 @@ impl Transport {
         }
     }
 
+    /// tokio-tower's worker reads only while answers are owed. When the
+    /// last one arrives, have it poll once more, so that `poll_ready`
+    /// (which watches the socket while nothing is owed) notices an
+    /// unsolicited answer or the peer closing at once, not at the next
+    /// request.
+    fn wake_when_idle(&self, cx: &mut Context<'_>) {
+        if self.pending.is_empty() {
+            cx.waker().wake_by_ref();
+        }
+    }
+
     fn fail(&self, e: ConnectionError) -> ConnectionError {
         self.status.set(e)
     }
@@ -201,6 +212,7 @@ impl Stream for Transport {
             if front.kind == RequestKind::Shutdown {
                 // `shutdown` gets no answer: stand one in, in its place.
                 this.pending.pop_front();
+                this.wake_when_idle(cx);
                 return Poll::Ready(Some(Ok(ExtResponse::default())));
             }
         }
@@ -252,6 +264,7 @@ impl Stream for Transport {
             };
             return Poll::Ready(Some(Err(this.fail(e))));
         }
+        this.wake_when_idle(cx);
         Poll::Ready(Some(Ok(resp)))
     }
 }
