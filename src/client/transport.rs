@@ -92,13 +92,31 @@ impl Transport {
         }
     }
 
-    /// tokio-tower's worker reads only while answers are owed. When the
-    /// last one arrives, have it poll once more, so that `poll_ready`
-    /// (which watches the socket while nothing is owed) notices an
-    /// unsolicited answer or the peer closing at once, not at the next
-    /// request.
-    fn wake_when_idle(&self, cx: &mut Context<'_>) {
-        if self.pending.is_empty() {
+    /// While nothing is owed, tokio-tower's worker does not read: watch the
+    /// socket here so that an unsolicited answer is never handed to the
+    /// next request, and a peer that goes away is noticed at once. Polling
+    /// registers the worker's waker with the socket. A failure found is
+    /// recorded (and returned).
+    fn watch_idle(&mut self, cx: &mut Context<'_>) -> Option<ConnectionError> {
+        if !self.pending.is_empty() {
+            return None;
+        }
+        let e = match Pin::new(&mut self.framed).poll_next(cx) {
+            Poll::Pending => return None,
+            Poll::Ready(None) => ConnectionError::Closed,
+            Poll::Ready(Some(Err(e))) => e.into(),
+            Poll::Ready(Some(Ok(resp))) => ConnectionError::Unsolicited {
+                response: resp.kind(),
+            },
+        };
+        Some(self.fail(e))
+    }
+
+    /// After the last answer owed: watch the socket at once (see
+    /// [`watch_idle`](Self::watch_idle)). A failure found now is reported
+    /// by the next `poll_ready`, for which the worker is woken.
+    fn after_answer(&mut self, cx: &mut Context<'_>) {
+        if self.watch_idle(cx).is_some() {
             cx.waker().wake_by_ref();
         }
     }
@@ -150,21 +168,11 @@ impl Sink<Tagged> for Transport {
         if let Err(e) = ready!(Pin::new(&mut this.framed).poll_ready(cx)) {
             return Poll::Ready(Err(this.fail(e.into())));
         }
-        // With nothing pending, tokio-tower does not read. Watch the socket
-        // anyway: an unsolicited answer must not be handed to the next
-        // request, and a peer that goes away should be noticed at once.
-        if this.pending.is_empty() {
-            match Pin::new(&mut this.framed).poll_next(cx) {
-                Poll::Pending => {}
-                Poll::Ready(None) => return Poll::Ready(Err(this.fail(ConnectionError::Closed))),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(this.fail(e.into()))),
-                Poll::Ready(Some(Ok(resp))) => {
-                    let e = ConnectionError::Unsolicited {
-                        response: resp.kind(),
-                    };
-                    return Poll::Ready(Err(this.fail(e)));
-                }
-            }
+        if let Some(e) = this.status.get() {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if let Some(e) = this.watch_idle(cx) {
+            return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(()))
     }
@@ -212,7 +220,7 @@ impl Stream for Transport {
             if front.kind == RequestKind::Shutdown {
                 // `shutdown` gets no answer: stand one in, in its place.
                 this.pending.pop_front();
-                this.wake_when_idle(cx);
+                this.after_answer(cx);
                 return Poll::Ready(Some(Ok(ExtResponse::default())));
             }
         }
@@ -264,7 +272,7 @@ impl Stream for Transport {
             };
             return Poll::Ready(Some(Err(this.fail(e))));
         }
-        this.wake_when_idle(cx);
+        this.after_answer(cx);
         Poll::Ready(Some(Ok(resp)))
     }
 }
