@@ -198,3 +198,46 @@ async fn commands_name_what_is_wrong() {
         ControlError::ShuttingDown
     );
 }
+
+#[tokio::test]
+async fn shutdown_all_answers_every_call_in_flight_exactly_once() {
+    let dir = temp_dir();
+    let gate = common::Gate::bind(dir.path());
+    let cfg = ServiceConfig::command(mock_bin())
+        .with_env("MOCK_PREFIX", "f_")
+        .with_env("MOCK_NOTIFY_SOCKET", gate.path())
+        .with_max_in_flight(4)
+        .with_shutdown_grace(Duration::from_millis(200));
+    let m = manager(dir.path(), "svc", cfg);
+    m.start().await;
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            let call = ToolCall::new("f_wait", format!("{i}"));
+            tokio::spawn(m.router().oneshot(call))
+        })
+        .collect();
+    // All four are in the extension, held: none can answer by itself.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(gate.arrival().await);
+    }
+    m.shutdown_all().await;
+    drop(held);
+    for call in calls {
+        let result = tokio::time::timeout(WAIT, call)
+            .await
+            .expect("a call in flight was never answered")
+            .unwrap();
+        assert!(
+            matches!(
+                result,
+                Err(CallError::Unavailable {
+                    cause: Unavailable::ShuttingDown,
+                    delivered: true,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+}

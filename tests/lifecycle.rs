@@ -269,3 +269,46 @@ async fn two_hosts_on_one_configuration_both_answer_every_call() {
     drop(one.stdin.take());
     assert_eq!(one.exit_code().await, Some(0));
 }
+
+#[tokio::test]
+async fn run_restarts_stops_and_starts_a_service_on_request() {
+    let dir = temp_dir();
+    let (cfg, gate) = fast_and_gated(dir.path());
+    let _gate = open_gate(&gate).await;
+    let mut run = Run::start(&cfg);
+    let first: u32 = run.ask(r#"{"id": 1, "tool": "a_pid"}"#).await["ok"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let restarted = run
+        .ask(r#"{"id": 2, "op": "restart", "service": "alpha"}"#)
+        .await;
+    assert_eq!(restarted["id"], 2);
+    assert_eq!(restarted["ok"]["state"], "ready", "{restarted}");
+    let second = restarted["ok"]["pid"].as_u64().unwrap() as u32;
+    assert_ne!(second, first);
+    assert!(!alive(first));
+    let stopped = run
+        .ask(r#"{"id": 3, "op": "stop", "service": "alpha"}"#)
+        .await;
+    assert_eq!(stopped["ok"]["state"], "stopped", "{stopped}");
+    let down = run.ask(r#"{"id": 4, "tool": "a_echo", "args": "x"}"#).await;
+    assert_eq!(down["error"]["kind"], "unavailable", "{down}");
+    let started = run
+        .ask(r#"{"id": 5, "op": "start", "service": "alpha"}"#)
+        .await;
+    assert_eq!(started["ok"]["state"], "ready", "{started}");
+    assert_eq!(
+        run.ask(r#"{"id": 6, "tool": "a_echo", "args": "y"}"#).await["ok"],
+        "y"
+    );
+    let unknown = run
+        .ask(r#"{"id": 7, "op": "restart", "service": "nope"}"#)
+        .await;
+    assert_eq!(unknown["error"]["kind"], "unknown_service", "{unknown}");
+    let missing = run.ask(r#"{"id": 8, "op": "restart"}"#).await;
+    assert_eq!(missing["error"]["kind"], "bad_request", "{missing}");
+    drop(run.stdin.take());
+    assert_eq!(run.exit_code().await, Some(0));
+}
