@@ -428,3 +428,52 @@ async fn an_unsolicited_answer_on_an_idle_connection_is_noticed_at_once() {
         "{broken:?}"
     );
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_call_after_the_handshake_is_stuck_after_its_own_shorter_limit() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder()
+        .stuck_after(Some(Duration::from_secs(1)))
+        .stuck_after_handshake(Some(Duration::from_secs(30)))
+        .build(io);
+    // A handshake step, answered: its (long) limit armed the timer.
+    let hello = tokio::spawn(conn.clone().oneshot(ExtRequest::hello("0.2")));
+    recv(&mut ext).await;
+    ext.send(ExtResponse::ready("0.2", "svc", vec![]))
+        .await
+        .unwrap();
+    hello.await.unwrap().unwrap();
+    // A call the extension never answers is stuck after 1 s, not 30 s.
+    let started = tokio::time::Instant::now();
+    let call = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("t", "")));
+    recv(&mut ext).await;
+    let broken = conn.broken().await;
+    assert!(
+        matches!(broken, ConnectionError::Stuck { .. }),
+        "{broken:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stuck detected only after {:?}",
+        started.elapsed()
+    );
+    assert!(call.await.unwrap().is_err());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_handshake_step_is_not_stuck_before_its_own_longer_limit() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder()
+        .stuck_after(Some(Duration::from_secs(1)))
+        .stuck_after_handshake(Some(Duration::from_secs(30)))
+        .build(io);
+    let hello = tokio::spawn(conn.clone().oneshot(ExtRequest::hello("0.2")));
+    recv(&mut ext).await;
+    // 10 s of silence: more than a call may take, less than a step.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!conn.is_broken());
+    ext.send(ExtResponse::ready("0.2", "svc", vec![]))
+        .await
+        .unwrap();
+    assert!(hello.await.unwrap().is_ok());
+}
