@@ -241,3 +241,59 @@ async fn shutdown_all_answers_every_call_in_flight_exactly_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn stop_on_a_failed_service_keeps_it_stopped_past_the_cooldown() {
+    let dir = temp_dir();
+    let flag = dir.path().join("fixed");
+    let cfg = flaky(dir.path(), &flag).with_breaker_cooldown(Duration::from_secs(3600));
+    let m = manager(dir.path(), "flaky", cfg);
+    m.start().await;
+    wait_state(&m, "flaky", ServiceState::Failed).await;
+    let stopped = m.stop_service("flaky").await.unwrap();
+    assert_eq!(stopped.state, ServiceState::Stopped, "{stopped:?}");
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(
+        m.start_service("flaky").await.unwrap().state,
+        ServiceState::Ready
+    );
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_call_held_for_a_service_still_starting_is_unavailable_at_shutdown() {
+    let dir = temp_dir();
+    let gate = dir.path().join("gate");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let script = dir.path().join("slow.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread line < {}\nexec {} \"$@\"\n",
+            gate.display(),
+            mock_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = ServiceConfig::command(&script).with_env("MOCK_PREFIX", "s_");
+    let m = manager(dir.path(), "slow", cfg);
+    m.spawn_all();
+    // Not known yet, but a service is still starting: the call waits.
+    let call = tokio::spawn(m.router().oneshot(ToolCall::new("s_echo", "x")));
+    tokio::task::yield_now().await;
+    assert!(!call.is_finished());
+    m.shutdown_all().await;
+    let result = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(CallError::Unavailable {
+                cause: Unavailable::ShuttingDown,
+                delivered: false,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+}

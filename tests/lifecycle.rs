@@ -25,11 +25,12 @@ fn exthost() -> tokio::process::Command {
 fn fast_and_gated(dir: &Path) -> (PathBuf, PathBuf) {
     let gate = dir.join("gate");
     nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    nix::unistd::mkfifo(&dir.join("started"), nix::sys::stat::Mode::S_IRWXU).unwrap();
     let script = dir.join("gated.sh");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho $$ > {dir}/gated.pid\nread line < {gate}\nexec {mock} \"$@\"\n",
+            "#!/bin/sh\necho $$ > {dir}/started\nread line < {gate}\nexec {mock} \"$@\"\n",
             dir = dir.display(),
             gate = gate.display(),
             mock = mock_bin().display()
@@ -70,13 +71,28 @@ async fn open_gate(gate: &Path) -> tokio::net::unix::pipe::Sender {
     tx
 }
 
-/// The gated script's pid, once it has written it.
-fn gated_pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join("gated.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// Where gated scripts report their pids (a FIFO held open read-write, so
+/// their writes never wait); open it before starting exthost.
+struct Started(BufReader<tokio::net::unix::pipe::Receiver>);
+
+impl Started {
+    fn open(dir: &Path) -> Self {
+        let rx = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(dir.join("started"))
+            .unwrap();
+        Started(BufReader::new(rx))
+    }
+
+    /// The next gated script's pid, once it runs.
+    async fn pid(&mut self) -> u32 {
+        let mut line = String::new();
+        tokio::time::timeout(WAIT, self.0.read_line(&mut line))
+            .await
+            .expect("the gated service never started")
+            .unwrap();
+        line.trim().parse().unwrap()
+    }
 }
 
 struct Run {
@@ -141,6 +157,7 @@ impl Run {
 async fn run_answers_while_another_service_is_still_starting() {
     let dir = temp_dir();
     let (cfg, gate) = fast_and_gated(dir.path());
+    let _started = Started::open(dir.path());
     let mut run = Run::start(&cfg);
     // beta cannot be ready until the gate opens; alpha answers meanwhile.
     let echo = run
@@ -166,18 +183,17 @@ async fn run_answers_while_another_service_is_still_starting() {
 async fn call_returns_as_soon_as_its_tools_owner_is_ready() {
     let dir = temp_dir();
     let (cfg, _gate) = fast_and_gated(dir.path());
+    let mut started = Started::open(dir.path());
     // The gate is never opened: beta never becomes ready.
-    let out = tokio::time::timeout(
-        WAIT,
-        exthost()
-            .args(["call", "--config"])
-            .arg(&cfg)
-            .args(["a_echo", "hi"])
-            .output(),
-    )
-    .await
-    .expect("call waited for the service that cannot start")
-    .unwrap();
+    let call = exthost()
+        .args(["call", "--config"])
+        .arg(&cfg)
+        .args(["a_echo", "hi"])
+        .output();
+    let (out, gated) = tokio::join!(tokio::time::timeout(WAIT, call), started.pid());
+    let out = out
+        .expect("call waited for the service that cannot start")
+        .unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -185,7 +201,6 @@ async fn call_returns_as_soon_as_its_tools_owner_is_ready() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
-    let gated = gated_pid(dir.path()).expect("beta was started");
     assert!(!alive(gated), "the service still starting was stopped");
 }
 
@@ -193,20 +208,23 @@ async fn call_returns_as_soon_as_its_tools_owner_is_ready() {
 async fn sigterm_during_start_up_stops_what_started_and_exits_0() {
     let dir = temp_dir();
     let (cfg, _gate) = fast_and_gated(dir.path());
+    let mut started = Started::open(dir.path());
     let mut run = Run::start(&cfg);
+    let gated = started.pid().await;
     let pid = run.ask(r#"{"id": 1, "tool": "a_pid"}"#).await;
     let alpha: u32 = pid["ok"].as_str().unwrap().parse().unwrap();
     // beta is still starting (held at the gate).
     run.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(run.exit_code().await, Some(0));
     assert!(!alive(alpha));
-    assert!(!alive(gated_pid(dir.path()).unwrap()));
+    assert!(!alive(gated));
 }
 
 #[tokio::test]
 async fn every_call_in_flight_is_answered_once_when_run_is_terminated() {
     let dir = temp_dir();
     let (cfg, gate) = fast_and_gated(dir.path());
+    let _started = Started::open(dir.path());
     let mut run = Run::start(&cfg);
     let _gate = open_gate(&gate).await;
     assert_eq!(
@@ -243,6 +261,7 @@ async fn every_call_in_flight_is_answered_once_when_run_is_terminated() {
 async fn two_hosts_on_one_configuration_both_answer_every_call() {
     let dir = temp_dir();
     let (cfg, gate) = fast_and_gated(dir.path());
+    let _started = Started::open(dir.path());
     let _gate = open_gate(&gate).await;
     let (mut one, mut two) = (Run::start(&cfg), Run::start(&cfg));
     for id in 0..10 {
@@ -274,6 +293,7 @@ async fn two_hosts_on_one_configuration_both_answer_every_call() {
 async fn run_restarts_stops_and_starts_a_service_on_request() {
     let dir = temp_dir();
     let (cfg, gate) = fast_and_gated(dir.path());
+    let _started = Started::open(dir.path());
     let _gate = open_gate(&gate).await;
     let mut run = Run::start(&cfg);
     let first: u32 = run.ask(r#"{"id": 1, "tool": "a_pid"}"#).await["ok"]
@@ -311,4 +331,66 @@ async fn run_restarts_stops_and_starts_a_service_on_request() {
     assert_eq!(missing["error"]["kind"], "bad_request", "{missing}");
     drop(run.stdin.take());
     assert_eq!(run.exit_code().await, Some(0));
+}
+
+/// One service, `alpha`, whose `a_wait` calls are held at `gate` until
+/// released, stopped with a short grace period.
+fn held(dir: &Path, gate: &common::Gate) -> PathBuf {
+    let text = format!(
+        r#"services_dir = "{d}/services"
+logs_dir = "{d}/logs"
+[services.alpha]
+command = "{mock}"
+shutdown_grace = "200ms"
+env = {{ MOCK_PREFIX = "a_", MOCK_NOTIFY_SOCKET = "{gate}" }}
+"#,
+        d = dir.display(),
+        mock = mock_bin().display(),
+        gate = gate.path()
+    );
+    let cfg = dir.join("held.toml");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+#[tokio::test]
+async fn a_signal_after_end_of_input_still_shuts_down_at_once() {
+    let dir = temp_dir();
+    let gate = common::Gate::bind(dir.path());
+    let mut run = Run::start(&held(dir.path(), &gate));
+    run.send(r#"{"id": 1, "tool": "a_wait"}"#).await;
+    let _held = gate.arrival().await;
+    // End of input: run waits for the call in flight, which never ends...
+    drop(run.stdin.take());
+    // ...until a signal begins the shutdown.
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    let answer = run.recv().await.expect("the call in flight got no answer");
+    assert_eq!(answer["id"], 1);
+    assert_eq!(answer["error"]["kind"], "unavailable", "{answer}");
+    assert_eq!(run.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn a_signal_during_call_answers_the_call_and_stops_everything() {
+    let dir = temp_dir();
+    let gate = common::Gate::bind(dir.path());
+    let child = exthost()
+        .args(["call", "--config"])
+        .arg(held(dir.path(), &gate))
+        .arg("a_wait")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _held = gate.arrival().await;
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("exthost call did not stop")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("unavailable error"), "{stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
 }

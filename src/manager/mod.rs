@@ -138,7 +138,8 @@ impl Services {
             })
             .collect();
         let table = RoutingTable::build(lives.iter().map(|(e, tools)| (*e, tools.as_slice())))
-            .settling(self.unsettled.load(Ordering::SeqCst) > 0);
+            .settling(self.unsettled.load(Ordering::SeqCst) > 0)
+            .closing(self.shutdown.is_cancelled());
         self.router.install(table);
     }
 
@@ -170,7 +171,7 @@ impl Drop for Inner {
         self.services.shutdown.cancel();
         for slot in self.services.slots.values() {
             if let Some(started) = slot.take(Some(Unavailable::ShuttingDown)) {
-                let _ = started.process.signal(nix::sys::signal::Signal::SIGKILL);
+                started.process.kill_group();
                 started.process.remove_socket();
             }
         }
@@ -395,6 +396,8 @@ impl ServiceManager {
     pub async fn shutdown_all(&self) -> BTreeMap<String, StopOutcome> {
         let services = self.shared();
         services.shutdown.cancel();
+        // Calls held for tools not known yet are answered now.
+        services.rebuild_table();
         let mut supervisors =
             std::mem::take(&mut *self.inner.supervisors.lock().expect("lock poisoned"));
         while supervisors.join_next().await.is_some() {}

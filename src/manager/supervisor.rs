@@ -345,9 +345,15 @@ pub(crate) async fn supervise(
                     ctl = control.recv() => match ctl {
                         // Every handle is gone: nothing can start it again.
                         None => Next::Idle { cooldown },
+                        // Stopped by the operator: it stays down, and the
+                        // breaker's cooldown no longer brings it back.
                         Some(ctl) if ctl.command == Command::Stop => {
+                            slot.set_status(|s| {
+                                s.state = ServiceState::Stopped;
+                                s.pid = None;
+                            });
                             let _ = ctl.done.send(());
-                            Next::Idle { cooldown }
+                            Next::Idle { cooldown: None }
                         }
                         Some(ctl) => {
                             breaker.recent.clear();

@@ -184,7 +184,10 @@ impl ProcessHandle {
         // A group has no exit notification for non-children: poll, briefly.
         let deadline = tokio::time::Instant::now() + within;
         let mut delay = Duration::from_millis(1);
-        while self.group_alive() {
+        while {
+            self.reap_orphans();
+            self.group_alive()
+        } {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -194,6 +197,21 @@ impl ProcessHandle {
         true
     }
 
+    /// Reaps members of the group that became our children: when the host
+    /// is PID 1 (a container without an init) or a subreaper, orphaned
+    /// helpers are reparented to it and would stay zombies, which still
+    /// count as members of the group. The leader itself is reaped by its
+    /// own task before this runs.
+    fn reap_orphans(&self) {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let group = Pid::from_raw(-(self.inner.pid as i32));
+        while let Ok(status) = waitpid(group, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+
     /// After the leader has exited: SIGTERM to what is left of its group,
     /// `grace`, then SIGKILL, until nothing of it lives.
     async fn end_group(&self, grace: Duration) {
@@ -201,7 +219,7 @@ impl ProcessHandle {
             tracing::debug!(service = %self.name(), pgid = self.pid(), "stopping what the extension left in its process group");
             let _ = self.signal(Signal::SIGTERM);
             if !self.group_gone_within(grace).await {
-                let _ = self.signal(Signal::SIGKILL);
+                self.kill_group();
                 self.group_gone_within(Duration::from_secs(5)).await;
             }
         }
@@ -209,6 +227,14 @@ impl ProcessHandle {
             self.inner.group_ended.store(true, Ordering::SeqCst);
             super::watchdog::unwatch(self.inner.pid);
         }
+    }
+
+    /// SIGKILLs the whole group, now. The watchdog forgets it at once: it
+    /// is dead or dying, and its id must not be killed again later, when
+    /// it may belong to another process.
+    pub fn kill_group(&self) {
+        let _ = self.signal(Signal::SIGKILL);
+        super::watchdog::unwatch(self.inner.pid);
     }
 
     /// Waits up to `within` until the process's output has ended (it and
@@ -259,7 +285,11 @@ impl ProcessHandle {
         if let Some(status) = self.exited_within(grace).await {
             return StopOutcome::Terminated(status);
         }
-        tracing::warn!(service = %self.name(), pid = self.pid(), "extension ignored shutdown and SIGTERM; killing it");
+        if grace.is_zero() {
+            tracing::debug!(service = %self.name(), pid = self.pid(), "killing the extension");
+        } else {
+            tracing::warn!(service = %self.name(), pid = self.pid(), "extension ignored shutdown and SIGTERM; killing it");
+        }
         let _ = self.signal(Signal::SIGKILL);
         StopOutcome::Killed(self.exited().await)
     }

@@ -4,6 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -140,6 +141,14 @@ fn spawn_logged(
         if let Ok(status) = status {
             let _ = tx.send(Some(status));
         }
+        // The watchdog forgets the group once nothing of it lives, even if
+        // no one ever stops it (then helpers may linger: poll, slowly).
+        let mut delay = Duration::from_millis(10);
+        while killpg(Pid::from_raw(pid as i32), None).is_ok() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+        super::watchdog::unwatch(pid);
     });
     Ok(ProcessHandle::new(name, pid, socket, log, rx, drained))
 }
@@ -160,6 +169,7 @@ impl Drop for KillGroupOnDrop {
     fn drop(&mut self) {
         if let Some(pid) = self.0 {
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            super::watchdog::unwatch(pid);
         }
     }
 }

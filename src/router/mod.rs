@@ -169,11 +169,46 @@ impl Router {
         self.table().conflicts().to_vec()
     }
 
-    /// The owner of `tool`, or whether to wait for one: `Err(true)` while
-    /// the table is settling.
-    fn route(&self, tool: &str) -> Result<Arc<Endpoint>, bool> {
+    /// The owner of `tool`, or what to do without one.
+    fn route(&self, tool: &str) -> Result<Arc<Endpoint>, Missing> {
         let table = self.table.borrow();
-        table.route(tool).cloned().ok_or(table.is_settling())
+        table
+            .route(tool)
+            .cloned()
+            .ok_or_else(|| Missing::of(&table))
+    }
+}
+
+/// Why a table has no route for a tool.
+enum Missing {
+    /// No service offers it.
+    Unknown,
+    /// Services are still starting: wait for the next table.
+    Settling,
+    /// Services are shutting down.
+    Closing,
+}
+
+impl Missing {
+    fn of(table: &RoutingTable) -> Self {
+        if table.is_closing() {
+            Missing::Closing
+        } else if table.is_settling() {
+            Missing::Settling
+        } else {
+            Missing::Unknown
+        }
+    }
+
+    fn error(self, tool: String) -> CallError {
+        match self {
+            Missing::Closing => CallError::Unavailable {
+                service: format!("(owner of {tool})"),
+                cause: Unavailable::ShuttingDown,
+                delivered: false,
+            },
+            Missing::Unknown | Missing::Settling => CallError::UnknownTool { tool },
+        }
     }
 }
 
@@ -181,18 +216,21 @@ impl Router {
 async fn route_when_settled(
     mut tables: watch::Receiver<Arc<RoutingTable>>,
     tool: &str,
-) -> Option<Arc<Endpoint>> {
+) -> Result<Arc<Endpoint>, Missing> {
     loop {
         {
             let table = tables.borrow_and_update();
             if let Some(endpoint) = table.route(tool) {
-                return Some(endpoint.clone());
+                return Ok(endpoint.clone());
             }
-            if !table.is_settling() {
-                return None;
+            match Missing::of(&table) {
+                Missing::Settling => {}
+                missing => return Err(missing),
             }
         }
-        tables.changed().await.ok()?;
+        if tables.changed().await.is_err() {
+            return Err(Missing::Unknown);
+        }
     }
 }
 
@@ -236,18 +274,16 @@ impl Service<ToolCall> for Router {
     fn call(&mut self, call: ToolCall) -> ResponseFuture {
         let inner: Pin<Box<dyn Future<Output = _> + Send>> = match self.route(&call.name) {
             Ok(endpoint) => Box::pin(call_tool(endpoint, call)),
-            Err(false) => Box::pin(std::future::ready(Err(CallError::UnknownTool {
-                tool: call.name,
-            }))),
-            Err(true) => {
+            Err(Missing::Settling) => {
                 let tables = self.table.subscribe();
                 Box::pin(async move {
                     match route_when_settled(tables, &call.name).await {
-                        Some(endpoint) => call_tool(endpoint, call).await,
-                        None => Err(CallError::UnknownTool { tool: call.name }),
+                        Ok(endpoint) => call_tool(endpoint, call).await,
+                        Err(missing) => Err(missing.error(call.name)),
                     }
                 })
             }
+            Err(missing) => Box::pin(std::future::ready(Err(missing.error(call.name)))),
         };
         ResponseFuture { inner }
     }

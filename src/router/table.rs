@@ -227,6 +227,7 @@ pub struct RoutingTable {
     tools: Vec<RegisteredTool>,
     conflicts: Vec<Conflict>,
     settling: bool,
+    closing: bool,
 }
 
 impl RoutingTable {
@@ -272,6 +273,19 @@ impl RoutingTable {
     pub fn settling(mut self, settling: bool) -> Self {
         self.settling = settling;
         self
+    }
+
+    /// Marks the table as closing: the services are being shut down, so a
+    /// call to a tool it lacks is `unavailable` ("shutting down") rather
+    /// than unknown, and calls held while it was settling get the same.
+    pub fn closing(mut self, closing: bool) -> Self {
+        self.closing = closing;
+        self
+    }
+
+    /// Whether the services are being shut down.
+    pub fn is_closing(&self) -> bool {
+        self.closing
     }
 
     /// Whether some services have not finished their first start.

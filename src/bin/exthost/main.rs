@@ -310,30 +310,41 @@ async fn call_one(
     let starting = start_in_background(&manager);
     let tool = call.name.clone();
     let fut = manager.router().oneshot(call);
+    let call = async {
+        match timeout {
+            None => fut.await,
+            Some(d) => match tokio::time::timeout(d, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(CallError::Timeout {
+                    service: manager
+                        .tools()
+                        .into_iter()
+                        .find(|t| t.tool.name == tool)
+                        .map(|t| t.service)
+                        .unwrap_or_else(|| "(not started yet)".to_owned()),
+                    after: d,
+                }),
+            },
+        }
+    };
+    tokio::pin!(call);
+    // A signal begins the shutdown at once; the call still gets its answer
+    // (its result if it finishes within the grace period, else
+    // `unavailable`), printed as usual.
     let result = tokio::select! {
         biased;
         signal = signals.recv() => {
-            interrupted(&manager, signal).await;
-            return 1;
+            let ((), result) = tokio::join!(interrupted(&manager, signal), &mut call);
+            result
         }
-        result = async {
-            match timeout {
-                None => fut.await,
-                Some(d) => match tokio::time::timeout(d, fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err(CallError::Timeout {
-                        service: manager
-                            .tools()
-                            .into_iter()
-                            .find(|t| t.tool.name == tool)
-                            .map(|t| t.service)
-                            .unwrap_or_default(),
-                        after: d,
-                    }),
-                },
-            }
-        } => result,
+        result = &mut call => result,
     };
+    // An unknown tool while some service failed to start: a start failure.
+    let start_failed = matches!(result, Err(CallError::UnknownTool { .. }))
+        && manager
+            .statuses()
+            .values()
+            .any(|s| s.state != exthost::manager::ServiceState::Ready);
     let code = match result {
         Ok(text) => {
             println!("{text}");
@@ -349,6 +360,9 @@ async fn call_one(
         for (name, e) in &report.failed {
             eprintln!("failed: {name}: {e}");
         }
+    }
+    if start_failed {
+        return 1;
     }
     code
 }

@@ -100,9 +100,19 @@ pub(crate) async fn run(path: &Path, signals: &mut Signals) -> u8 {
         }
     };
     let drain = async { while inflight.join_next().await.is_some() {} };
+    tokio::pin!(drain);
+    let signal = match signal {
+        Some(signal) => Some(signal),
+        // End of input: the requests in flight finish first, unless a
+        // signal asks for the shutdown to begin now.
+        None => tokio::select! {
+            biased;
+            signal = signals.recv() => Some(signal),
+            () = &mut drain => None,
+        },
+    };
     match signal {
         None => {
-            drain.await;
             manager.shutdown_all().await;
         }
         Some(signal) => {
