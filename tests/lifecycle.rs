@@ -103,9 +103,14 @@ struct Run {
 
 impl Run {
     fn start(cfg: &Path) -> Self {
+        Self::start_with(cfg, &[])
+    }
+
+    fn start_with(cfg: &Path, extra: &[&str]) -> Self {
         let mut child = exthost()
             .args(["run", "--config"])
             .arg(cfg)
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -120,8 +125,12 @@ impl Run {
     }
 
     async fn send(&mut self, line: &str) {
+        self.send_bytes(line.as_bytes()).await;
+    }
+
+    async fn send_bytes(&mut self, line: &[u8]) {
         let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(line.as_bytes()).await.unwrap();
+        stdin.write_all(line).await.unwrap();
         stdin.write_all(b"\n").await.unwrap();
         stdin.flush().await.unwrap();
     }
@@ -342,6 +351,7 @@ logs_dir = "{d}/logs"
 [services.alpha]
 command = "{mock}"
 shutdown_grace = "200ms"
+max_in_flight = 4
 env = {{ MOCK_PREFIX = "a_", MOCK_NOTIFY_SOCKET = "{gate}" }}
 "#,
         d = dir.display(),
@@ -393,4 +403,108 @@ async fn a_signal_during_call_answers_the_call_and_stops_everything() {
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("unavailable error"), "{stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_line_that_is_not_utf8_gets_bad_request_and_the_session_goes_on() {
+    let dir = temp_dir();
+    let gate = common::Gate::bind(dir.path());
+    let mut run = Run::start(&held(dir.path(), &gate));
+    run.send_bytes(b"{\"id\": 7, \"tool\": \"a_echo\", \"args\": \"caf\xE9\"}")
+        .await;
+    let bad = run.recv().await.unwrap();
+    assert_eq!(bad["id"], 7, "{bad}");
+    assert_eq!(bad["error"]["kind"], "bad_request", "{bad}");
+    let next = run
+        .ask(r#"{"id": 8, "tool": "a_echo", "args": "still here"}"#)
+        .await;
+    assert_eq!(next["ok"], "still here", "{next}");
+    drop(run.stdin.take());
+    assert_eq!(run.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn call_errors_say_whether_a_retry_is_safe() {
+    let dir = temp_dir();
+    let gate = common::Gate::bind(dir.path());
+    let mut run = Run::start(&held(dir.path(), &gate));
+    let unknown = run.ask(r#"{"id": 1, "tool": "nope"}"#).await;
+    assert_eq!(unknown["error"]["kind"], "unknown_tool", "{unknown}");
+    assert_eq!(unknown["error"]["retry_safe"], true, "{unknown}");
+    let crashed = run.ask(r#"{"id": 2, "tool": "a_crash"}"#).await;
+    assert_eq!(crashed["error"]["kind"], "unavailable", "{crashed}");
+    assert_eq!(
+        crashed["error"]["retry_safe"], false,
+        "it reached the extension: {crashed}"
+    );
+    let down = run.ask(r#"{"id": 3, "tool": "a_echo"}"#).await;
+    assert_eq!(down["error"]["kind"], "unavailable", "{down}");
+    assert_eq!(
+        down["error"]["retry_safe"], true,
+        "refused during the outage: {down}"
+    );
+    drop(run.stdin.take());
+    assert_eq!(run.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn run_stops_reading_while_max_pending_requests_await_their_answers() {
+    let dir = temp_dir();
+    let gate = common::Gate::bind(dir.path());
+    let mut run = Run::start_with(&held(dir.path(), &gate), &["--max-pending", "2"]);
+    run.send(r#"{"id": 1, "tool": "a_wait"}"#).await;
+    run.send(r#"{"id": 2, "tool": "a_wait"}"#).await;
+    run.send(r#"{"id": 3, "op": "status"}"#).await;
+    let first = gate.arrival().await;
+    let _second = gate.arrival().await;
+    // Two requests are pending: the third line is not even read.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), run.lines.next_line())
+            .await
+            .is_err(),
+        "a third request was answered while two were pending"
+    );
+    first.release();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(run.recv().await.unwrap()["id"].as_u64().unwrap());
+    }
+    ids.sort();
+    assert_eq!(ids, [1, 3]);
+    drop(run.stdin.take());
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(run.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn a_tool_whose_service_failed_to_start_is_a_start_failure_not_unknown() {
+    let dir = temp_dir();
+    let cfg = dir.path().join("broken.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "services_dir = \"{d}/services\"\nlogs_dir = \"{d}/logs\"\n[services.broken]\ncommand = \"{d}/no-such-binary\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        exthost()
+            .args(["call", "--config"])
+            .arg(&cfg)
+            .arg("b_echo")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("start failure"), "{stderr}");
+    assert!(
+        stderr.contains("failed: broken: service `broken`: binary not found"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("unknown_tool"), "{stderr}");
 }

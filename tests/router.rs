@@ -316,3 +316,16 @@ async fn a_connection_failure_mid_call_is_unavailable_and_delivered() {
         "{err:?}"
     );
 }
+
+#[test]
+fn an_endpoint_says_whether_it_is_ready() {
+    let ep = Endpoint::new("svc").with_max_queued(Some(3));
+    assert!(!ep.is_ready());
+    assert!(format!("{ep:?}").contains("ready: false"), "{ep:?}");
+    ep.set_ready(answering("svc"));
+    assert!(ep.is_ready());
+    assert!(format!("{ep:?}").contains("ready: true"), "{ep:?}");
+    ep.set_unavailable(Unavailable::ShuttingDown);
+    assert!(!ep.is_ready());
+    assert!(matches!(ep.service(), Err(Unavailable::ShuttingDown)));
+}

@@ -75,6 +75,10 @@ enum Command {
         /// The configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// At most this many requests read but not yet answered; past it,
+        /// stdin is not read until answers are written.
+        #[arg(long, default_value_t = 64)]
+        max_pending: usize,
     },
     /// Check that an extension program follows the protocol. Exit 0 when
     /// every required check passes (recommended ones that fail are
@@ -149,7 +153,10 @@ fn main() -> ExitCode {
                 let call = ToolCall::new(tool, args).agent(agent).task_id(task_id);
                 call_one(&config, call, timeout, signals).await
             }
-            Command::Run { config } => run::run(&config, signals).await,
+            Command::Run {
+                config,
+                max_pending,
+            } => run::run(&config, max_pending, signals).await,
             Command::Check {
                 config_json,
                 timeout,
@@ -350,6 +357,10 @@ async fn call_one(
             println!("{text}");
             0
         }
+        Err(CallError::UnknownTool { tool }) if start_failed => {
+            eprintln!("exthost: start failure: no ready service offers `{tool}`, and not every service started (see below)");
+            1
+        }
         Err(e) => {
             eprintln!("exthost: {} error: {e}", e.kind());
             exit_code(&e)
@@ -360,9 +371,6 @@ async fn call_one(
         for (name, e) in &report.failed {
             eprintln!("failed: {name}: {e}");
         }
-    }
-    if start_failed {
-        return 1;
     }
     code
 }

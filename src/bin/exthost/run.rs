@@ -7,16 +7,20 @@ use exthost::manager::{ControlError, ServiceManager};
 use exthost::router::ToolCall;
 use exthost::CallError;
 use serde_json::{json, Value};
+use std::sync::Arc;
+
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use crate::signals::Signals;
 
-/// A failed request: its kind and message.
+/// A failed request: its kind and message, and for a tool call whether
+/// retrying cannot repeat an effect.
 struct Failure {
     kind: &'static str,
+    retry_safe: Option<bool>,
     message: String,
 }
 
@@ -24,6 +28,7 @@ impl From<CallError> for Failure {
     fn from(e: CallError) -> Self {
         Failure {
             kind: e.kind(),
+            retry_safe: Some(e.is_retry_safe()),
             message: e.to_string(),
         }
     }
@@ -37,6 +42,7 @@ impl From<ControlError> for Failure {
         };
         Failure {
             kind,
+            retry_safe: None,
             message: e.to_string(),
         }
     }
@@ -45,6 +51,7 @@ impl From<ControlError> for Failure {
 fn bad_request(message: impl Into<String>) -> Failure {
     Failure {
         kind: "bad_request",
+        retry_safe: None,
         message: message.into(),
     }
 }
@@ -54,19 +61,25 @@ fn bad_request(message: impl Into<String>) -> Failure {
 /// Every accepted request gets exactly one answer: at end of input, the
 /// requests in flight finish, then everything shuts down; on a termination
 /// signal, shutdown begins at once alongside the requests in flight, which
-/// get their answers or `unavailable` as their extensions stop. Exit 0.
-pub(crate) async fn run(path: &Path, signals: &mut Signals) -> u8 {
+/// get their answers or `unavailable` as their extensions stop. Exit 0, or
+/// 1 when reading stdin failed (after the same orderly shutdown).
+///
+/// At most `max_pending` requests are read but not yet answered (written
+/// out); past that, stdin is not read until answers drain, so memory stays
+/// bounded when a client writes faster than it reads.
+pub(crate) async fn run(path: &Path, max_pending: usize, signals: &mut Signals) -> u8 {
     let manager = match super::manager(path) {
         Ok(manager) => manager,
         Err(code) => return code,
     };
     let starting = super::start_in_background(&manager);
 
-    // One writer, so every answer goes out as one whole line.
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    // One writer, so every answer goes out as one whole line; a request's
+    // pending permit goes with its answer and is freed once it is written.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, OwnedSemaphorePermit)>();
     let writer = tokio::spawn(async move {
         let mut out = tokio::io::stdout();
-        while let Some(mut line) = rx.recv().await {
+        while let Some((mut line, _pending)) = rx.recv().await {
             line.push('\n');
             if out.write_all(line.as_bytes()).await.is_err() || out.flush().await.is_err() {
                 break;
@@ -74,30 +87,52 @@ pub(crate) async fn run(path: &Path, signals: &mut Signals) -> u8 {
         }
     });
 
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let pending = Arc::new(Semaphore::new(max_pending.max(1)));
+    let mut input = BufReader::new(tokio::io::stdin());
+    let mut line = Vec::new();
+    let mut read_failed = false;
     let mut inflight = JoinSet::new();
     let signal = loop {
-        tokio::select! {
+        // No more requests are read while `max_pending` await their answers.
+        let permit = tokio::select! {
             biased;
             signal = signals.recv() => break Some(signal),
-            line = lines.next_line() => match line {
-                Ok(Some(line)) if line.trim().is_empty() => {}
-                Ok(Some(line)) => {
-                    let (manager, tx) = (manager.clone(), tx.clone());
-                    inflight.spawn(async move {
-                        let answer = handle(&manager, &line).await;
-                        let _ = tx.send(answer.to_string());
-                    });
+            permit = pending.clone().acquire_owned() => permit.expect("never closed"),
+        };
+        let read = tokio::select! {
+            biased;
+            signal = signals.recv() => break Some(signal),
+            read = input.read_until(b'\n', &mut line) => read,
+        };
+        match read {
+            // End of input: finish what is in flight, then stop.
+            Ok(0) => break None,
+            Ok(_) => {
+                // Bytes that are not UTF-8 get a `bad_request`, like any
+                // other unreadable line; the session goes on.
+                let text = String::from_utf8_lossy(&line).into_owned();
+                let utf8 = std::str::from_utf8(&line).is_ok();
+                line.clear();
+                if text.trim().is_empty() {
+                    continue;
                 }
-                // End of input: finish what is in flight, then stop.
-                Ok(None) => break None,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading stdin failed");
-                    break None;
-                }
-            },
-            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                let (manager, tx) = (manager.clone(), tx.clone());
+                inflight.spawn(async move {
+                    let answer = if utf8 {
+                        handle(&manager, &text).await
+                    } else {
+                        not_utf8(&text)
+                    };
+                    let _ = tx.send((answer.to_string(), permit));
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading stdin failed; shutting down");
+                read_failed = true;
+                break None;
+            }
         }
+        while inflight.try_join_next().is_some() {}
     };
     let drain = async { while inflight.join_next().await.is_some() {} };
     tokio::pin!(drain);
@@ -125,7 +160,17 @@ pub(crate) async fn run(path: &Path, signals: &mut Signals) -> u8 {
     drop(tx);
     let _ = writer.await;
     let _ = starting.await;
-    0
+    u8::from(read_failed)
+}
+
+/// The answer to a line that is not UTF-8: `bad_request`, with the line's
+/// `id` when a lossy reading still shows one.
+fn not_utf8(lossy: &str) -> Value {
+    let id = serde_json::from_str::<Value>(lossy)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null);
+    answer(id, Err(bad_request("the line is not valid UTF-8")))
 }
 
 /// Answers one request line.
@@ -148,7 +193,12 @@ async fn handle(manager: &ServiceManager, line: &str) -> Value {
 fn answer(id: Value, result: Result<Value, Failure>) -> Value {
     match result {
         Ok(ok) => json!({"id": id, "ok": ok}),
-        Err(f) => json!({"id": id, "error": {"kind": f.kind, "message": f.message}}),
+        Err(f) => match f.retry_safe {
+            Some(safe) => {
+                json!({"id": id, "error": {"kind": f.kind, "message": f.message, "retry_safe": safe}})
+            }
+            None => json!({"id": id, "error": {"kind": f.kind, "message": f.message}}),
+        },
     }
 }
 
