@@ -178,6 +178,146 @@ impl<E: prost::Message, D> Encoder<E> for ExtCodec<E, D> {
     }
 }
 
+/// One frame as [`TolerantCodec`] reads it: a message, or a frame that was
+/// read whole (or skipped) but cannot be used.
+#[derive(Debug)]
+pub enum Frame<D> {
+    /// A decoded message.
+    Message(D),
+    /// A well-framed frame that is unusable: over the size limit (reported
+    /// as soon as its header arrives; its bytes are then skipped as they
+    /// come, never stored) or not a valid message. The stream stays in
+    /// step: the next frame is read as usual.
+    Unusable(CodecError),
+}
+
+/// Where [`TolerantCodec`] is in the stream.
+#[derive(Debug, Clone, Copy)]
+enum Position {
+    Header,
+    Payload(usize),
+    Skipping { len: usize, left: usize },
+}
+
+/// Like [`ExtCodec`], but a frame that is well framed and unusable (over
+/// the limit, or undecodable) is a [`Frame::Unusable`] item instead of an
+/// error that ends the stream: one bad message fails only itself. An
+/// oversized frame is skipped as it arrives, never stored.
+pub struct TolerantCodec<E, D> {
+    max: usize,
+    position: Position,
+    _types: PhantomData<fn(E) -> D>,
+}
+
+/// The host's tolerant codec: encodes [`ExtRequest`], reads [`ExtResponse`]s.
+pub type TolerantClientCodec = TolerantCodec<ExtRequest, ExtResponse>;
+
+impl<E, D> TolerantCodec<E, D> {
+    /// A codec with the frame limit `max` (the protocol's is [`MAX_FRAME_LEN`]).
+    pub fn with_max_frame_len(max: usize) -> Self {
+        TolerantCodec {
+            max,
+            position: Position::Header,
+            _types: PhantomData,
+        }
+    }
+
+    /// The frame limit in force.
+    pub fn max_frame_len(&self) -> usize {
+        self.max
+    }
+}
+
+impl<E, D> fmt::Debug for TolerantCodec<E, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TolerantCodec")
+            .field("max_frame_len", &self.max)
+            .field("position", &self.position)
+            .finish()
+    }
+}
+
+impl<E, D: prost::Message + Default> Decoder for TolerantCodec<E, D> {
+    type Item = Frame<D>;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame<D>>, CodecError> {
+        loop {
+            match self.position {
+                Position::Header => {
+                    if src.len() < HEADER_LEN {
+                        return Ok(None);
+                    }
+                    let len = src.get_u32() as usize;
+                    if len > self.max {
+                        // Refused from its header: the error comes at once;
+                        // its bytes are skipped as they arrive.
+                        self.position = Position::Skipping { len, left: len };
+                        return Ok(Some(Frame::Unusable(CodecError::FrameTooLarge {
+                            len,
+                            max: self.max,
+                        })));
+                    }
+                    self.position = Position::Payload(len);
+                }
+                Position::Payload(len) => {
+                    if src.len() < len {
+                        src.reserve(len - src.len());
+                        return Ok(None);
+                    }
+                    let frame = src.split_to(len).freeze();
+                    self.position = Position::Header;
+                    return Ok(Some(match D::decode(frame) {
+                        Ok(msg) => Frame::Message(msg),
+                        Err(e) => Frame::Unusable(CodecError::Decode(e)),
+                    }));
+                }
+                Position::Skipping { len, left } => {
+                    let n = left.min(src.len());
+                    src.advance(n);
+                    if n < left {
+                        self.position = Position::Skipping {
+                            len,
+                            left: left - n,
+                        };
+                        return Ok(None);
+                    }
+                    self.position = Position::Header;
+                }
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame<D>>, CodecError> {
+        if let Some(frame) = self.decode(src)? {
+            return Ok(Some(frame));
+        }
+        match self.position {
+            Position::Header if src.is_empty() => Ok(None),
+            Position::Header => Err(CodecError::Truncated {
+                expected: HEADER_LEN,
+                received: src.len(),
+            }),
+            Position::Payload(len) => Err(CodecError::Truncated {
+                expected: HEADER_LEN + len,
+                received: HEADER_LEN + src.len(),
+            }),
+            Position::Skipping { len, left } => Err(CodecError::Truncated {
+                expected: HEADER_LEN + len,
+                received: HEADER_LEN + len - left,
+            }),
+        }
+    }
+}
+
+impl<E: prost::Message, D> Encoder<E> for TolerantCodec<E, D> {
+    type Error = CodecError;
+
+    fn encode(&mut self, item: E, dst: &mut BytesMut) -> Result<(), CodecError> {
+        encode_frame(&item, self.max, dst)
+    }
+}
+
 /// Appends one frame holding `msg` to `dst`.
 ///
 /// Same layout as [`LengthDelimitedCodec`]'s encoder, but encodes in place

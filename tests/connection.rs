@@ -189,15 +189,24 @@ async fn unsolicited_answer_is_never_handed_to_the_next_request() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn undecodable_answer_fails_the_call_with_a_codec_error() {
-    let (io, ext) = fake_pair();
+    let (io, mut ext) = fake_pair();
     let conn = Connection::new(io);
-    let mut raw = ext.into_inner();
     let call = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("a", "")));
+    recv(&mut ext).await;
     use tokio::io::AsyncWriteExt;
-    raw.write_all(b"\x00\x00\x00\x02\xff\xff").await.unwrap();
+    ext.get_mut()
+        .write_all(b"\x00\x00\x00\x02\xff\xff")
+        .await
+        .unwrap();
     let err = call.await.unwrap().unwrap_err();
-    assert!(matches!(err, ConnectionError::Codec(_)), "{err:?}");
+    // Well framed garbage: the call fails with the codec's reason; the
+    // connection stays in step (see an_undecodable_answer_fails_only_its_call).
+    assert!(
+        matches!(&err, ConnectionError::UnusableAnswer(e) if matches!(**e, exthost::codec::CodecError::Decode(_))),
+        "{err:?}"
+    );
     assert!(err.is_protocol_violation());
+    assert!(!conn.is_broken());
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -476,4 +485,75 @@ async fn a_handshake_step_is_not_stuck_before_its_own_longer_limit() {
         .await
         .unwrap();
     assert!(hello.await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_over_the_frame_limit_fails_alone_and_is_never_sent() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder().max_frame_len(1024).build(io);
+    let err = conn
+        .clone()
+        .oneshot(ExtRequest::tool_call("echo", "x".repeat(2000)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectionError::RequestTooLarge { max: 1024, len } if len > 2000),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("1024-byte frame limit"), "{err}");
+    assert!(!conn.is_broken());
+    // The next call goes out and is answered: nothing was written before.
+    let next = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("echo", "ok")));
+    assert_eq!(recv(&mut ext).await.tool_name(), Some("echo"));
+    ext.send(ExtResponse::tool_result("ok")).await.unwrap();
+    assert_eq!(next.await.unwrap().unwrap(), ExtResponse::tool_result("ok"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_answer_over_the_frame_limit_fails_only_its_call() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder()
+        .max_frame_len(1024)
+        .max_in_flight(2)
+        .build(io);
+    let big = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("big", "")));
+    let small = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("small", "")));
+    recv(&mut ext).await;
+    recv(&mut ext).await;
+    ext.send(ExtResponse::tool_result("y".repeat(5000)))
+        .await
+        .unwrap();
+    ext.send(ExtResponse::tool_result("fine")).await.unwrap();
+    let err = big.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ConnectionError::UnusableAnswer(e) if e.to_string().contains("exceeds the 1024-byte limit")),
+        "{err:?}"
+    );
+    assert_eq!(
+        small.await.unwrap().unwrap(),
+        ExtResponse::tool_result("fine")
+    );
+    assert!(!conn.is_broken());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_undecodable_answer_fails_only_its_call() {
+    use tokio::io::AsyncWriteExt;
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::new(io);
+    let bad = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("bad", "")));
+    recv(&mut ext).await;
+    // tool_result (field 3) whose `result` string (field 1) is the byte
+    // 0xFF: well framed, not UTF-8.
+    ext.get_mut()
+        .write_all(b"\x00\x00\x00\x05\x1a\x03\x0a\x01\xff")
+        .await
+        .unwrap();
+    let err = bad.await.unwrap().unwrap_err();
+    assert!(matches!(err, ConnectionError::UnusableAnswer(_)), "{err:?}");
+    assert!(!conn.is_broken());
+    let next = tokio::spawn(conn.clone().oneshot(ExtRequest::tool_call("next", "")));
+    recv(&mut ext).await;
+    ext.send(ExtResponse::tool_result("ok")).await.unwrap();
+    assert_eq!(next.await.unwrap().unwrap(), ExtResponse::tool_result("ok"));
 }

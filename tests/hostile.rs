@@ -75,14 +75,40 @@ fn protocol(e: &CallError) -> bool {
     matches!(e, CallError::Protocol { .. })
 }
 
-#[tokio::test]
-async fn undecodable_answer_is_a_protocol_error_and_the_extension_restarts() {
-    violation_then_restart("garbage", protocol).await;
+/// An unusable answer fails only its own call: the connection stays in
+/// step and the extension keeps serving, never restarted.
+async fn unusable_answer_fails_only_its_call(mode: &str, check: impl Fn(&CallError) -> bool) {
+    let dir = temp_dir();
+    let (m, report) = start(dir.path(), hostile(mode), RestartPolicy::OnFailure).await;
+    assert_eq!(report.ready.len(), 2, "{:?}", report.failed);
+    let pid = m.status("hostile").unwrap().pid;
+    let err = call(&m, "h_call", "{}").await.unwrap_err();
+    assert!(check(&err), "{mode}: {err:?}");
+    assert!(!err.is_retry_safe());
+    healthy_still_works(&m).await;
+    let status = m.status("hostile").unwrap();
+    assert_eq!(status.state, ServiceState::Ready, "{status:?}");
+    assert_eq!((status.pid, status.restarts), (pid, 0), "{status:?}");
+    m.shutdown_all().await;
 }
 
 #[tokio::test]
-async fn oversized_length_prefix_is_a_protocol_error_without_allocating_it() {
-    violation_then_restart("oversized", |e| {
+async fn an_undecodable_answer_fails_only_its_call_and_the_extension_keeps_serving() {
+    unusable_answer_fails_only_its_call("garbage", |e| {
+        matches!(
+            e,
+            CallError::Protocol {
+                source: ConnectionError::UnusableAnswer(_),
+                ..
+            }
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_oversized_answer_fails_its_call_at_once_naming_the_limit() {
+    unusable_answer_fails_only_its_call("oversized", |e| {
         protocol(e) && e.to_string().contains("exceeds the 16777216-byte limit")
     })
     .await;

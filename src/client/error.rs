@@ -46,6 +46,22 @@ pub enum ConnectionError {
         /// The correlation id the answer carried, if any.
         got: Option<u64>,
     },
+    /// A request over the frame limit: refused before anything was
+    /// written. Only this call fails; the connection is fine, and nothing
+    /// reached the extension.
+    #[error("request of {len} bytes exceeds the {max}-byte frame limit; not sent")]
+    RequestTooLarge {
+        /// The request's encoded length, in bytes.
+        len: usize,
+        /// The frame limit, in bytes.
+        max: usize,
+    },
+    /// An answer that arrived well framed but cannot be used: over the
+    /// frame limit (skipped, never stored) or not a valid message (a tool
+    /// result that is not UTF-8, say). Only its call fails; the connection
+    /// stays in step and keeps serving.
+    #[error("protocol violation: unusable answer: {0}")]
+    UnusableAnswer(Arc<CodecError>),
     /// The oldest request went unanswered long past its deadline.
     ///
     /// An extension that skips an answer would shift every later answer by
@@ -76,6 +92,7 @@ impl ConnectionError {
                 | ConnectionError::WrongResponse { .. }
                 | ConnectionError::Mismatched { .. }
                 | ConnectionError::Stuck { .. }
+                | ConnectionError::UnusableAnswer(_)
         )
     }
 }

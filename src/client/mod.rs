@@ -80,12 +80,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tower::Service;
 
-use crate::codec::ClientCodec;
+use crate::codec::TolerantClientCodec;
 use crate::proto::{ExtRequest, ExtResponse};
 use status::Status;
 use transport::{Tagged, Transport};
 
 type Pipeline = tokio_tower::pipeline::Client<Transport, WorkerError, Tagged>;
+
+/// The most a correlation id adds to a request: a 2-byte tag and a
+/// 10-byte varint.
+const CORRELATION_ID_MAX_LEN: usize = 12;
 
 /// The pipeline worker's own error. Its cause is already recorded by the
 /// transport before the worker sees it, so it carries nothing.
@@ -126,6 +130,7 @@ struct Shared {
     client: tokio::sync::Mutex<Pipeline>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    max_frame_len: usize,
     status: Arc<Status>,
 }
 
@@ -205,7 +210,7 @@ impl Builder {
         let status = Arc::new(Status::default());
         let transport = Transport::new(
             Box::new(io),
-            ClientCodec::with_max_frame_len(self.max_frame_len),
+            TolerantClientCodec::with_max_frame_len(self.max_frame_len),
             status.clone(),
             self.stuck_after,
             self.stuck_after_handshake,
@@ -219,6 +224,7 @@ impl Builder {
                 client: tokio::sync::Mutex::new(client),
                 in_flight,
                 max_in_flight: self.max_in_flight,
+                max_frame_len: self.max_frame_len,
                 status,
             }),
         }
@@ -294,8 +300,15 @@ impl Connection {
 
     fn send(&self, req: ExtRequest, permit: Option<OwnedSemaphorePermit>) -> ResponseFuture {
         let this = self.clone();
+        // A request that cannot be framed fails alone, before anything is
+        // written: encoding it in the worker would fail the connection.
+        let len = prost::Message::encoded_len(&req) + CORRELATION_ID_MAX_LEN;
+        let max = self.shared.max_frame_len;
         ResponseFuture {
             inner: Box::pin(async move {
+                if len > max {
+                    return Err(ConnectionError::RequestTooLarge { len, max });
+                }
                 let response = {
                     let mut client = this.shared.client.lock().await;
                     std::future::poll_fn(|cx| client.poll_ready(cx))
@@ -303,7 +316,7 @@ impl Connection {
                         .map_err(|_| this.error())?;
                     client.call(Tagged { req, permit })
                 };
-                response.await.map_err(|_| this.error())
+                response.await.map_err(|_| this.error())?
             }),
         }
     }

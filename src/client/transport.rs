@@ -18,8 +18,12 @@ use tokio_util::codec::Framed;
 
 use super::status::Status;
 use super::ConnectionError;
-use crate::codec::ClientCodec;
-use crate::proto::{ExtRequest, ExtResponse, RequestKind};
+use crate::codec::{Frame, TolerantClientCodec};
+use crate::proto::{ExtRequest, ExtResponse, RequestKind, ResponseKind};
+
+/// One answer as the connection hands it to its caller: the response, or
+/// why this answer (and only it) could not be used.
+pub(crate) type Answer = Result<ExtResponse, ConnectionError>;
 
 /// Any byte stream a connection can run over.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -52,7 +56,7 @@ struct Slot {
 /// `status` before it is returned, so callers that see their request
 /// dropped can report the real cause.
 pub(crate) struct Transport {
-    framed: Framed<Box<dyn Io>, ClientCodec>,
+    framed: Framed<Box<dyn Io>, TolerantClientCodec>,
     pending: VecDeque<Slot>,
     status: Arc<Status>,
     stuck_after: Option<Duration>,
@@ -76,7 +80,7 @@ impl fmt::Debug for Transport {
 impl Transport {
     pub(crate) fn new(
         io: Box<dyn Io>,
-        codec: ClientCodec,
+        codec: TolerantClientCodec,
         status: Arc<Status>,
         stuck_after: Option<Duration>,
         stuck_after_handshake: Option<Duration>,
@@ -105,8 +109,11 @@ impl Transport {
             Poll::Pending => return None,
             Poll::Ready(None) => ConnectionError::Closed,
             Poll::Ready(Some(Err(e))) => e.into(),
-            Poll::Ready(Some(Ok(resp))) => ConnectionError::Unsolicited {
+            Poll::Ready(Some(Ok(Frame::Message(resp)))) => ConnectionError::Unsolicited {
                 response: resp.kind(),
+            },
+            Poll::Ready(Some(Ok(Frame::Unusable(_)))) => ConnectionError::Unsolicited {
+                response: ResponseKind::Empty,
             },
         };
         Some(self.fail(e))
@@ -212,7 +219,9 @@ impl Sink<Tagged> for Transport {
 }
 
 impl Stream for Transport {
-    type Item = Result<ExtResponse, ConnectionError>;
+    /// The outer error fails the connection; the inner one fails only the
+    /// call whose answer it is.
+    type Item = Result<Answer, ConnectionError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -221,7 +230,7 @@ impl Stream for Transport {
                 // `shutdown` gets no answer: stand one in, in its place.
                 this.pending.pop_front();
                 this.after_answer(cx);
-                return Poll::Ready(Some(Ok(ExtResponse::default())));
+                return Poll::Ready(Some(Ok(Ok(ExtResponse::default()))));
             }
         }
         let polled = Pin::new(&mut this.framed).poll_next(cx);
@@ -235,7 +244,19 @@ impl Stream for Transport {
             Poll::Ready(item) => item,
         };
         let mut resp = match item {
-            Some(Ok(resp)) => resp,
+            Some(Ok(Frame::Message(resp))) => resp,
+            Some(Ok(Frame::Unusable(e))) => {
+                // Well framed, so the stream is still in step: only the
+                // call this answer belongs to fails.
+                if this.pending.pop_front().is_none() {
+                    let e = ConnectionError::Unsolicited {
+                        response: ResponseKind::Empty,
+                    };
+                    return Poll::Ready(Some(Err(this.fail(e))));
+                }
+                this.after_answer(cx);
+                return Poll::Ready(Some(Ok(Err(ConnectionError::UnusableAnswer(Arc::new(e))))));
+            }
             Some(Err(e)) => return Poll::Ready(Some(Err(this.fail(e.into())))),
             None => return Poll::Ready(Some(Err(this.fail(ConnectionError::Closed)))),
         };
@@ -273,6 +294,6 @@ impl Stream for Transport {
             return Poll::Ready(Some(Err(this.fail(e))));
         }
         this.after_answer(cx);
-        Poll::Ready(Some(Ok(resp)))
+        Poll::Ready(Some(Ok(Ok(resp))))
     }
 }

@@ -52,6 +52,20 @@ pub enum CallError {
         /// How many calls were waiting (0 when a layer shed it).
         waiting: usize,
     },
+    /// The request is over the frame limit: refused before anything was
+    /// written, so nothing reached the extension (and retrying the same
+    /// request fails the same way).
+    #[error(
+        "request too large for {service}: {len} bytes exceed the {max}-byte frame limit; not sent"
+    )]
+    TooLarge {
+        /// The service.
+        service: String,
+        /// The request's encoded length, in bytes.
+        len: usize,
+        /// The frame limit, in bytes.
+        max: usize,
+    },
     /// The extension is not running, crashed, or is restarting.
     #[error("service unavailable: {service} ({cause})")]
     Unavailable {
@@ -72,8 +86,10 @@ pub enum CallError {
         /// The extension's message.
         message: String,
     },
-    /// The extension broke the protocol; its connection was reset.
-    #[error("protocol violation by {service}: {source}")]
+    /// The extension broke the protocol: its connection was reset, or, for
+    /// an unusable answer ([`ConnectionError::UnusableAnswer`]), only this
+    /// call failed.
+    #[error("{service}: {source}")]
     Protocol {
         /// The service.
         service: String,
@@ -127,14 +143,15 @@ fn describe(state: ServiceState, reason: Option<&DownReason>) -> String {
 
 impl CallError {
     /// The error's stable name: `unknown_tool`, `unknown_service`,
-    /// `timeout`, `overloaded`, `unavailable`, `extension`, `protocol` or
-    /// `layer`.
+    /// `timeout`, `overloaded`, `too_large`, `unavailable`, `extension`,
+    /// `protocol` or `layer`.
     pub fn kind(&self) -> &'static str {
         match self {
             CallError::UnknownTool { .. } => "unknown_tool",
             CallError::UnknownService { .. } => "unknown_service",
             CallError::Timeout { .. } => "timeout",
             CallError::Overloaded { .. } => "overloaded",
+            CallError::TooLarge { .. } => "too_large",
             CallError::Unavailable { .. } => "unavailable",
             CallError::Extension { .. } => "extension",
             CallError::Protocol { .. } => "protocol",
@@ -149,7 +166,8 @@ impl CallError {
         match self {
             CallError::UnknownTool { .. }
             | CallError::UnknownService { .. }
-            | CallError::Overloaded { .. } => true,
+            | CallError::Overloaded { .. }
+            | CallError::TooLarge { .. } => true,
             CallError::Unavailable { delivered, .. } => !delivered,
             CallError::Timeout { .. }
             | CallError::Extension { .. }
@@ -165,6 +183,7 @@ impl CallError {
             CallError::UnknownService { service, .. }
             | CallError::Timeout { service, .. }
             | CallError::Overloaded { service, .. }
+            | CallError::TooLarge { service, .. }
             | CallError::Unavailable { service, .. }
             | CallError::Extension { service, .. }
             | CallError::Protocol { service, .. }
@@ -189,17 +208,20 @@ impl CallError {
             Err(e) => e,
         };
         let e = match e.downcast::<ConnectionError>() {
-            Ok(conn) if conn.is_protocol_violation() => {
-                return CallError::Protocol {
-                    service,
-                    source: *conn,
-                }
-            }
             Ok(conn) => {
-                return CallError::Unavailable {
-                    service,
-                    cause: Unavailable::Connection(*conn),
-                    delivered: sent,
+                return match *conn {
+                    ConnectionError::RequestTooLarge { len, max } => {
+                        CallError::TooLarge { service, len, max }
+                    }
+                    conn if conn.is_protocol_violation() => CallError::Protocol {
+                        service,
+                        source: conn,
+                    },
+                    conn => CallError::Unavailable {
+                        service,
+                        cause: Unavailable::Connection(conn),
+                        delivered: sent,
+                    },
                 }
             }
             Err(e) => e,

@@ -55,7 +55,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Sink<Option<ExtResponse>> for ServerTran
 
     fn start_send(mut self: Pin<&mut Self>, item: Option<ExtResponse>) -> Result<(), CodecError> {
         match item {
-            Some(resp) => Pin::new(&mut self.framed).start_send(resp),
+            Some(resp) => {
+                // An answer over the frame limit fails only its own call:
+                // it becomes an `error` answer naming the size and the limit.
+                let len = prost::Message::encoded_len(&resp);
+                let max = self.framed.codec().max_frame_len();
+                let resp = if len > max {
+                    let mut error = ExtResponse::error(format!(
+                        "answer of {len} bytes exceeds the {max}-byte frame limit"
+                    ));
+                    error.correlation_id = resp.correlation_id;
+                    error
+                } else {
+                    resp
+                };
+                Pin::new(&mut self.framed).start_send(resp)
+            }
             None => {
                 self.shutdown_requested = true;
                 Ok(())
