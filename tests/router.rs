@@ -329,3 +329,66 @@ fn an_endpoint_says_whether_it_is_ready() {
     assert!(!ep.is_ready());
     assert!(matches!(ep.service(), Err(Unavailable::ShuttingDown)));
 }
+
+#[test]
+fn the_table_lists_tools_with_owners_and_conflicts_between_services_only() {
+    let a = Arc::new(Endpoint::new("a"));
+    let b = Arc::new(Endpoint::new("b"));
+    // `a` declares `twice` twice (its own duplicate, not a conflict); both
+    // declare `same`.
+    let a_tools = [tool("same"), tool("twice"), tool("twice")];
+    let b_tools = [tool("same"), tool("other")];
+    let table = RoutingTable::build([(&b, &b_tools[..]), (&a, &a_tools[..])]);
+    let listed: Vec<_> = table
+        .tools()
+        .iter()
+        .map(|t| (t.service.as_str(), t.tool.name.as_str()))
+        .collect();
+    assert_eq!(listed, [("a", "same"), ("a", "twice"), ("b", "other")]);
+    assert_eq!(table.conflicts().len(), 1, "{:?}", table.conflicts());
+    let c = &table.conflicts()[0];
+    assert_eq!(
+        (c.tool.as_str(), c.kept.as_str(), c.dropped.as_str()),
+        ("same", "a", "b")
+    );
+    assert_eq!(table.route("other").unwrap().name(), "b");
+    assert!(!table.is_settling() && !table.is_closing());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn while_the_table_is_settling_an_unknown_tool_waits_for_the_next_table() {
+    let late = Arc::new(Endpoint::ready("late", answering("late")));
+    let router = Router::new();
+    router.install(RoutingTable::build(std::iter::empty()).settling(true));
+    assert!(router.table().is_settling());
+    let call = tokio::spawn(router.clone().oneshot(ToolCall::new("t", "x")));
+    tokio::task::yield_now().await;
+    assert!(
+        !call.is_finished(),
+        "the call must wait while services start"
+    );
+    router.install(RoutingTable::build([(&late, &[tool("t")][..])]).settling(true));
+    assert_eq!(call.await.unwrap().unwrap(), "late:t:x");
+    // Once settled, a tool nobody offers is unknown at once.
+    router.install(RoutingTable::build([(&late, &[tool("t")][..])]));
+    let err = router
+        .clone()
+        .oneshot(ToolCall::new("u", ""))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::UnknownTool { .. }), "{err:?}");
+    // And while closing, it is unavailable: shutting down.
+    router.install(RoutingTable::build(std::iter::empty()).closing(true));
+    let err = router.oneshot(ToolCall::new("u", "")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Unavailable {
+                cause: Unavailable::ShuttingDown,
+                delivered: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
