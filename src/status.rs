@@ -61,6 +61,15 @@ impl ServiceState {
     }
 }
 
+impl ServiceState {
+    /// Whether the service stays down until an operator (or the breaker's
+    /// cooldown) starts it: `failed` or `stopped`. Its tools are not
+    /// advertised meanwhile.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, ServiceState::Failed | ServiceState::Stopped)
+    }
+}
+
 impl fmt::Display for ServiceState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -297,3 +297,66 @@ async fn a_call_held_for_a_service_still_starting_is_unavailable_at_shutdown() {
         "{result:?}"
     );
 }
+
+#[tokio::test]
+async fn a_failed_services_tools_go_to_the_next_service_and_come_back_with_it() {
+    let dir = temp_dir();
+    let both = |name: &str| {
+        ServiceConfig::command(mock_bin())
+            .with_env("MOCK_SERVICE", name)
+            .with_restart(RestartPolicy::Never)
+    };
+    let configs: BTreeMap<_, _> = [
+        ("alpha".to_owned(), both("alpha")),
+        ("beta".to_owned(), both("beta")),
+    ]
+    .into();
+    let m = ServiceManager::builder(&configs)
+        .paths(Paths::under(dir.path(), dir.path().join("d.sock")))
+        .build();
+    m.start().await;
+    let owner = |m: &ServiceManager, tool: &str| {
+        m.tools()
+            .into_iter()
+            .find(|t| t.tool.name == tool)
+            .map(|t| t.service)
+    };
+    let pid = |m: &ServiceManager| {
+        let router = m.router();
+        async move {
+            let pid = router.oneshot(ToolCall::new("pid", "{}")).await.unwrap();
+            pid.parse::<u32>().unwrap()
+        }
+    };
+    let (alpha, beta) = (
+        m.status("alpha").unwrap().pid,
+        m.status("beta").unwrap().pid,
+    );
+    assert_eq!(
+        owner(&m, "pid").as_deref(),
+        Some("alpha"),
+        "name order wins"
+    );
+    assert_eq!(Some(pid(&m).await), alpha);
+    // alpha crashes for good: beta serves what both declare.
+    let _ = m.router().oneshot(ToolCall::new("crash", "{}")).await;
+    wait_state(&m, "alpha", ServiceState::Failed).await;
+    assert!(
+        !dir.path().join("services/alpha.sock").exists(),
+        "a failed service's socket file is removed"
+    );
+    assert!(dir.path().join("services/beta.sock").exists());
+    assert_eq!(owner(&m, "pid").as_deref(), Some("beta"));
+    assert!(
+        m.tools().iter().all(|t| t.service == "beta"),
+        "{:?}",
+        m.tools()
+    );
+    assert!(m.conflicts().is_empty());
+    assert_eq!(Some(pid(&m).await), beta);
+    // Back again: the original policy applies.
+    m.restart("alpha").await.unwrap();
+    assert_eq!(owner(&m, "pid").as_deref(), Some("alpha"));
+    assert_eq!(Some(pid(&m).await), m.status("alpha").unwrap().pid);
+    m.shutdown_all().await;
+}

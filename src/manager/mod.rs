@@ -109,8 +109,8 @@ impl Services {
     /// new routing table.
     pub(crate) fn install(&self, slot: &Arc<Slot>, generation: u64, started: Started) {
         match slot.install(generation, started) {
-            Ok(true) => self.rebuild_table(),
-            Ok(false) => {}
+            // Its tools may be new, or it may be back from failed.
+            Ok(_) => self.rebuild_table(),
             Err(stale) => {
                 tracing::warn!(service = %slot.name, "a newer start won; stopping the older one");
                 tokio::spawn(async move {
@@ -128,10 +128,25 @@ impl Services {
         }
     }
 
+    /// Changes a service's status; when it enters or leaves a terminal
+    /// state (failed, stopped), the routing table is rebuilt.
+    pub(crate) fn set_status(&self, slot: &Slot, change: impl FnOnce(&mut ServiceStatus)) {
+        let before = slot.status().state.is_terminal();
+        slot.set_status(change);
+        if slot.status().state.is_terminal() != before {
+            self.rebuild_table();
+        }
+    }
+
+    /// Builds and installs the routing table from the services that can
+    /// serve: a failed or stopped service's tools go to the next service
+    /// that declares them, or are not advertised at all. A service that is
+    /// restarting keeps its routes (its calls are `unavailable` meanwhile).
     pub(crate) fn rebuild_table(&self) {
         let lives: Vec<_> = self
             .slots
             .values()
+            .filter(|slot| !slot.status().state.is_terminal())
             .map(|slot| {
                 let tools = slot.live.read().expect("slot lock poisoned").tools.clone();
                 (&slot.endpoint, tools)
@@ -140,6 +155,24 @@ impl Services {
         let table = RoutingTable::build(lives.iter().map(|(e, tools)| (*e, tools.as_slice())))
             .settling(self.unsettled.load(Ordering::SeqCst) > 0)
             .closing(self.shutdown.is_cancelled());
+        let owners = |t: &RoutingTable| -> std::collections::BTreeSet<(String, String)> {
+            t.tools()
+                .iter()
+                .map(|t| (t.tool.name.clone(), t.service.clone()))
+                .collect()
+        };
+        let (old, new) = (owners(&self.router.table()), owners(&table));
+        if old != new {
+            let added: Vec<_> = new
+                .difference(&old)
+                .map(|(t, s)| format!("{t} ({s})"))
+                .collect();
+            let removed: Vec<_> = old
+                .difference(&new)
+                .map(|(t, s)| format!("{t} ({s})"))
+                .collect();
+            tracing::info!(added = ?added, removed = ?removed, "tools changed");
+        }
         self.router.install(table);
     }
 

@@ -147,14 +147,14 @@ enum Next {
 }
 
 /// Stops a running incarnation at an operator's request.
-async fn stop_running(slot: &Slot, started: Started) {
+async fn stop_running(shared: &Services, slot: &Slot, started: Started) {
     slot.take(None);
     let conn = started.extension.as_ref().map(|e| &e.connection);
     started
         .process
         .stop(conn, slot.config.shutdown_grace())
         .await;
-    slot.set_status(|s| {
+    shared.set_status(slot, |s| {
         s.state = ServiceState::Stopped;
         s.pid = None;
         s.error = None;
@@ -252,12 +252,12 @@ pub(crate) async fn supervise(
                             Next::Watch
                         }
                         Command::Stop => {
-                            stop_running(&slot, started).await;
+                            stop_running(&shared, &slot, started).await;
                             let _ = ctl.done.send(());
                             Next::Idle { cooldown: None }
                         }
                         Command::Restart => {
-                            stop_running(&slot, started).await;
+                            stop_running(&shared, &slot, started).await;
                             breaker.recent.clear();
                             waiting.push(ctl.done);
                             Next::Start
@@ -281,7 +281,7 @@ pub(crate) async fn supervise(
                     } else {
                         ServiceState::Stopped
                     };
-                    slot.set_status(|s| {
+                    shared.set_status(&slot, |s| {
                         s.state = state;
                         s.pid = None;
                         s.error = Some(reason);
@@ -289,7 +289,7 @@ pub(crate) async fn supervise(
                     Next::Idle { cooldown: None }
                 } else if !breaker.allows() {
                     let cooldown = slot.config.breaker_cooldown;
-                    slot.set_status(|s| {
+                    shared.set_status(&slot, |s| {
                         s.state = ServiceState::Failed;
                         s.pid = None;
                         s.error = Some(DownReason::CrashLoop {
@@ -301,7 +301,7 @@ pub(crate) async fn supervise(
                     Next::Idle { cooldown }
                 } else {
                     let delay = breaker.limits.backoff(breaker.recent.len());
-                    slot.set_status(|s| {
+                    shared.set_status(&slot, |s| {
                         s.state = ServiceState::Restarting;
                         s.pid = None;
                         s.error = Some(reason);
@@ -314,7 +314,7 @@ pub(crate) async fn supervise(
                 _ = tokio::time::sleep(delay) => Next::Start,
                 Some(ctl) = control.recv() => match ctl.command {
                     Command::Stop => {
-                        slot.set_status(|s| {
+                        shared.set_status(&slot, |s| {
                             s.state = ServiceState::Stopped;
                             s.pid = None;
                         });
@@ -348,7 +348,7 @@ pub(crate) async fn supervise(
                         // Stopped by the operator: it stays down, and the
                         // breaker's cooldown no longer brings it back.
                         Some(ctl) if ctl.command == Command::Stop => {
-                            slot.set_status(|s| {
+                            shared.set_status(&slot, |s| {
                                 s.state = ServiceState::Stopped;
                                 s.pid = None;
                             });
@@ -365,7 +365,7 @@ pub(crate) async fn supervise(
             }
             Next::Start => {
                 breaker.recent.push_back(Instant::now());
-                slot.set_status(|s| {
+                shared.set_status(&slot, |s| {
                     s.state = ServiceState::Restarting;
                     s.restarts += 1;
                 });
