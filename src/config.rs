@@ -70,6 +70,20 @@ pub enum RestartPolicy {
     Always,
 }
 
+/// Which tool names the host advertises (the host-level `tool_names`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolNames {
+    /// Only names that fit `^[a-zA-Z0-9_-]{1,64}$` (the default): LLM APIs
+    /// refuse a whole request when one tool name does not, so one bad name
+    /// from one extension would break every request of the agent.
+    #[default]
+    Portable,
+    /// Any name but the empty one and those with control characters, for
+    /// models that accept them.
+    Any,
+}
+
 /// One `[services.<name>]` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -389,6 +403,10 @@ pub struct HostConfig {
     /// The daemon's socket, passed to gateways.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_socket: Option<PathBuf>,
+    /// Which tool names are advertised: `portable` (the default: only
+    /// `^[a-zA-Z0-9_-]{1,64}$`) or `any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_names: Option<ToolNames>,
     /// The services, by name.
     #[serde(default, deserialize_with = "unique_services")]
     pub services: BTreeMap<String, ServiceConfig>,

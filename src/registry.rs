@@ -1,7 +1,9 @@
 //! The tool registry: which extension owns which tool, and the schemas to
 //! hand to an LLM API.
 //!
-//! Collisions are resolved deterministically and visibly: when two
+//! Only names LLM APIs accept are advertised by default ([`ToolNames`]);
+//! the others are [`LeftOut`], with a reason. Collisions are resolved
+//! deterministically and visibly: when two
 //! extensions declare the same tool, the one first in service-name order
 //! keeps it; the other's is left out, logged as a warning, and listed in
 //! [`Conflict`]s. Tool names outside `^[a-zA-Z0-9_-]{1,64}$` (the limit of
@@ -44,6 +46,72 @@ pub struct Conflict {
     pub kept: String,
     /// The service whose tool was left out.
     pub dropped: String,
+}
+
+pub use crate::config::ToolNames;
+
+/// Why a declared tool is not advertised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LeftOutReason {
+    /// The name is empty.
+    Empty,
+    /// The name holds control characters (a newline, say).
+    ControlCharacters,
+    /// The name does not fit `^[a-zA-Z0-9_-]{1,64}$` (with the default
+    /// [`ToolNames::Portable`]).
+    NotPortable,
+    /// The same extension declared the name more than once; the first
+    /// declaration is kept.
+    DeclaredTwice,
+}
+
+impl std::fmt::Display for LeftOutReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LeftOutReason::Empty => "the name is empty",
+            LeftOutReason::ControlCharacters => "the name holds control characters",
+            LeftOutReason::NotPortable => {
+                "the name does not fit ^[a-zA-Z0-9_-]{1,64}$ (set tool_names = \"any\" to keep it)"
+            }
+            LeftOutReason::DeclaredTwice => "declared twice by the same extension",
+        })
+    }
+}
+
+/// A declared tool that is not advertised, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeftOut {
+    /// The service that declared it.
+    pub service: String,
+    /// The name as declared (print it escaped: it may hold anything).
+    pub tool: String,
+    /// Why it is left out.
+    pub reason: LeftOutReason,
+}
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tool {:?} of `{}` is left out: {}",
+            self.tool, self.service, self.reason
+        )
+    }
+}
+
+/// Why `name` may not be advertised under `policy`, if it may not.
+pub fn check_tool_name(name: &str, policy: ToolNames) -> Option<LeftOutReason> {
+    if name.is_empty() {
+        Some(LeftOutReason::Empty)
+    } else if name.chars().any(char::is_control) {
+        Some(LeftOutReason::ControlCharacters)
+    } else if policy == ToolNames::Portable && !is_portable_tool_name(name) {
+        Some(LeftOutReason::NotPortable)
+    } else {
+        None
+    }
 }
 
 /// Whether `name` fits `^[a-zA-Z0-9_-]{1,64}$`, what common LLM APIs accept.

@@ -16,6 +16,7 @@
 //!     pid: None,
 //!     restarts: 1,
 //!     error: Some(DownReason::Exited(std::process::ExitStatus::from_raw(3 << 8))),
+//!     tools_left_out: Vec::new(),
 //! };
 //! assert_eq!(status.state.as_str(), "restarting");
 //! assert_eq!(status.error.unwrap().to_string(), "exited: exit status: 3");
@@ -137,4 +138,9 @@ pub struct ServiceStatus {
     /// Why it is failed, restarting or stopped, if it went down; serialized
     /// as its text.
     pub error: Option<DownReason>,
+    /// Tools it declared that are not advertised, each with why (see
+    /// [`ToolNames`](crate::registry::ToolNames)); left out of the JSON
+    /// when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools_left_out: Vec<crate::registry::LeftOut>,
 }

@@ -392,3 +392,54 @@ async fn while_the_table_is_settling_an_unknown_tool_waits_for_the_next_table() 
         "{err:?}"
     );
 }
+
+#[test]
+fn names_llm_apis_refuse_are_left_out_and_reported() {
+    use exthost::registry::{LeftOutReason, ToolNames};
+    let ep = Arc::new(Endpoint::new("svc"));
+    let long = "x".repeat(65);
+    let tools = [
+        tool("fine"),
+        tool(""),
+        tool("new\nline"),
+        tool(&long),
+        tool("has space"),
+        tool("dot.ted"),
+        tool("café"),
+        tool("fine"),
+    ];
+    let table = RoutingTable::build([(&ep, &tools[..])]);
+    let advertised: Vec<_> = table.tools().iter().map(|t| t.tool.name.as_str()).collect();
+    assert_eq!(advertised, ["fine"]);
+    let reasons: Vec<_> = table
+        .left_out()
+        .iter()
+        .map(|l| (l.tool.as_str(), l.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("", LeftOutReason::Empty),
+            ("new\nline", LeftOutReason::ControlCharacters),
+            (long.as_str(), LeftOutReason::NotPortable),
+            ("has space", LeftOutReason::NotPortable),
+            ("dot.ted", LeftOutReason::NotPortable),
+            ("café", LeftOutReason::NotPortable),
+            ("fine", LeftOutReason::DeclaredTwice),
+        ]
+    );
+    // The reason names the tool escaped: a newline never reaches a log raw.
+    let line = table.left_out()[1].to_string();
+    assert!(
+        line.contains(r#""new\nline""#) && !line.contains('\n'),
+        "{line}"
+    );
+    // `tool_names = "any"` keeps what models that accept them can use.
+    let any = RoutingTable::build_with([(&ep, &tools[..])], ToolNames::Any);
+    let advertised: Vec<_> = any.tools().iter().map(|t| t.tool.name.as_str()).collect();
+    assert_eq!(
+        advertised,
+        ["fine", long.as_str(), "has space", "dot.ted", "café"]
+    );
+    assert_eq!(any.left_out().len(), 3, "empty, control characters, twice");
+}

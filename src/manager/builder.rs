@@ -14,6 +14,7 @@ use crate::config::ServiceConfig;
 use crate::connector::Connector;
 use crate::process::Paths;
 use crate::proto::{ExtRequest, ExtResponse};
+use crate::registry::ToolNames;
 use crate::router::Router;
 use crate::stack::{ExtensionLayers, ExtensionService};
 
@@ -41,6 +42,7 @@ pub struct Builder {
     configs: BTreeMap<String, ServiceConfig>,
     paths: Paths,
     limits: RestartLimits,
+    tool_names: ToolNames,
     layers: Option<ExtensionLayers>,
 }
 
@@ -50,6 +52,7 @@ impl std::fmt::Debug for Builder {
             .field("services", &self.configs.keys().collect::<Vec<_>>())
             .field("paths", &self.paths)
             .field("limits", &self.limits)
+            .field("tool_names", &self.tool_names)
             .field("layers", &self.layers.is_some())
             .finish()
     }
@@ -61,6 +64,7 @@ impl Builder {
             configs: configs.clone(),
             paths: Paths::runtime_default(),
             limits: RestartLimits::default(),
+            tool_names: ToolNames::default(),
             layers: None,
         }
     }
@@ -84,6 +88,13 @@ impl Builder {
     /// How restarts are paced and when the crash-loop breaker trips.
     pub fn limits(mut self, limits: RestartLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Which tool names are advertised (default: only those that fit
+    /// `^[a-zA-Z0-9_-]{1,64}$`; see [`ToolNames`]).
+    pub fn tool_names(mut self, policy: ToolNames) -> Self {
+        self.tool_names = policy;
         self
     }
 
@@ -115,6 +126,7 @@ impl Builder {
             slots,
             router: Router::new(),
             limits: self.limits,
+            tool_names: self.tool_names,
             shutdown: CancellationToken::new(),
             unsettled: AtomicUsize::new(0),
         });

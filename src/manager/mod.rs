@@ -84,7 +84,7 @@ use crate::config::ServiceConfig;
 use crate::connector::{Connector, StartError, Started};
 use crate::process::StopOutcome;
 use crate::proto::{ext_response::Msg, ExtRequest, RequestKind};
-use crate::registry::{Conflict, RegisteredTool};
+use crate::registry::{Conflict, LeftOut, RegisteredTool, ToolNames};
 use crate::router::{kind_of, CallError, Router, RoutingTable, Unavailable};
 
 /// A service's first start, as `handshake_all` waits for it.
@@ -98,6 +98,7 @@ pub(crate) struct Services {
     pub(crate) slots: BTreeMap<String, Arc<Slot>>,
     pub(crate) router: Router,
     pub(crate) limits: RestartLimits,
+    pub(crate) tool_names: ToolNames,
     pub(crate) shutdown: CancellationToken,
     /// Services whose first start has not settled yet; while any has not,
     /// the routing table is settling.
@@ -143,25 +144,39 @@ impl Services {
     /// that declares them, or are not advertised at all. A service that is
     /// restarting keeps its routes (its calls are `unavailable` meanwhile).
     pub(crate) fn rebuild_table(&self) {
-        let lives: Vec<_> = self
-            .slots
-            .values()
-            .filter(|slot| !slot.status().state.is_terminal())
-            .map(|slot| {
-                let tools = slot.live.read().expect("slot lock poisoned").tools.clone();
-                (&slot.endpoint, tools)
-            })
-            .collect();
-        let table = RoutingTable::build(lives.iter().map(|(e, tools)| (*e, tools.as_slice())))
-            .settling(self.unsettled.load(Ordering::SeqCst) > 0)
-            .closing(self.shutdown.is_cancelled());
+        let (mut serving, mut down) = (Vec::new(), Vec::new());
+        for slot in self.slots.values() {
+            let tools = slot.live.read().expect("slot lock poisoned").tools.clone();
+            let list = if slot.status().state.is_terminal() {
+                &mut down
+            } else {
+                &mut serving
+            };
+            list.push((&slot.endpoint, tools));
+        }
+        let table = RoutingTable::build_with(
+            serving.iter().map(|(e, tools)| (*e, tools.as_slice())),
+            self.tool_names,
+        )
+        .with_down(
+            down.iter().map(|(e, tools)| (*e, tools.as_slice())),
+            self.tool_names,
+        )
+        .settling(self.unsettled.load(Ordering::SeqCst) > 0)
+        .closing(self.shutdown.is_cancelled());
         let owners = |t: &RoutingTable| -> std::collections::BTreeSet<(String, String)> {
             t.tools()
                 .iter()
                 .map(|t| (t.tool.name.clone(), t.service.clone()))
                 .collect()
         };
-        let (old, new) = (owners(&self.router.table()), owners(&table));
+        let previous = self.router.table();
+        for left_out in table.left_out() {
+            if !previous.left_out().contains(left_out) {
+                tracing::warn!("{left_out}");
+            }
+        }
+        let (old, new) = (owners(&previous), owners(&table));
         if old != new {
             let added: Vec<_> = new
                 .difference(&old)
@@ -287,14 +302,22 @@ impl ServiceManager {
         self.shared().router.conflicts()
     }
 
+    /// Declared tools that are not advertised (an empty name, control
+    /// characters, a name outside `^[a-zA-Z0-9_-]{1,64}$` unless
+    /// `tool_names` is `any`, a name declared twice), each with why.
+    pub fn left_out(&self) -> Vec<LeftOut> {
+        self.shared().router.table().left_out().to_vec()
+    }
+
     /// The names of the managed (enabled) services.
     pub fn services(&self) -> impl Iterator<Item = &str> {
         self.shared().slots.keys().map(String::as_str)
     }
 
-    /// The status of one service.
+    /// The status of one service, with the tools of it that are left out.
     pub fn status(&self, service: &str) -> Option<ServiceStatus> {
-        self.shared().slots.get(service).map(|s| s.status())
+        let slot = self.shared().slots.get(service)?;
+        Some(self.with_left_out(slot.status(), service))
     }
 
     /// The status of every service, by name.
@@ -302,8 +325,19 @@ impl ServiceManager {
         self.shared()
             .slots
             .iter()
-            .map(|(n, s)| (n.clone(), s.status()))
+            .map(|(n, s)| (n.clone(), self.with_left_out(s.status(), n)))
             .collect()
+    }
+
+    fn with_left_out(&self, mut status: ServiceStatus, service: &str) -> ServiceStatus {
+        let table = self.shared().router.table();
+        status.tools_left_out = table
+            .left_out()
+            .iter()
+            .filter(|l| l.service == service)
+            .cloned()
+            .collect();
+        status
     }
 
     /// A receiver of one service's status changes.

@@ -44,6 +44,7 @@ impl Slot {
             pid: None,
             restarts: 0,
             error: None,
+            tools_left_out: Vec::new(),
         });
         let endpoint = Endpoint::new(name.as_str()).with_max_queued(config.max_queued);
         let (control, commands) = mpsc::unbounded_channel();

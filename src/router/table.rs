@@ -1,7 +1,7 @@
 //! The routing table: tool names to [`Endpoint`]s, and the tool list that
 //! goes with it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -12,7 +12,9 @@ use tower::Service;
 use super::error::{CallError, Unavailable};
 use crate::client::ConnectionError;
 use crate::proto::{ext_response::Msg, ExtRequest, ResponseKind};
-use crate::registry::{is_portable_tool_name, Conflict, RegisteredTool};
+use crate::registry::{
+    check_tool_name, Conflict, LeftOut, LeftOutReason, RegisteredTool, ToolNames,
+};
 use crate::stack::ExtensionService;
 use crate::status::ServiceState;
 use crate::tool::Tool;
@@ -226,24 +228,50 @@ pub struct RoutingTable {
     routes: HashMap<String, Arc<Endpoint>>,
     tools: Vec<RegisteredTool>,
     conflicts: Vec<Conflict>,
+    left_out: Vec<LeftOut>,
     settling: bool,
     closing: bool,
 }
 
 impl RoutingTable {
     /// Builds a table from every service's endpoint and tools, whatever
-    /// their order.
+    /// their order, advertising only portable tool names
+    /// ([`ToolNames::Portable`]).
     pub fn build<'a>(services: impl IntoIterator<Item = (&'a Arc<Endpoint>, &'a [Tool])>) -> Self {
+        Self::build_with(services, ToolNames::Portable)
+    }
+
+    /// Builds a table, advertising the tool names `policy` allows; the
+    /// others (and a name one extension declared twice) are listed in
+    /// [`left_out`](Self::left_out).
+    pub fn build_with<'a>(
+        services: impl IntoIterator<Item = (&'a Arc<Endpoint>, &'a [Tool])>,
+        policy: ToolNames,
+    ) -> Self {
         let mut services: Vec<_> = services.into_iter().collect();
         services.sort_by(|a, b| a.0.name().cmp(b.0.name()));
         let mut table = RoutingTable::default();
         let mut owner: HashMap<&str, &str> = HashMap::new();
         for (endpoint, tools) in &services {
             let service = endpoint.name();
+            let mut own: HashSet<&str> = HashSet::new();
             for tool in *tools {
+                let reason = match check_tool_name(&tool.name, policy) {
+                    Some(reason) => Some(reason),
+                    None if !own.insert(&tool.name) => Some(LeftOutReason::DeclaredTwice),
+                    None => None,
+                };
+                if let Some(reason) = reason {
+                    table.left_out.push(LeftOut {
+                        service: service.to_owned(),
+                        tool: tool.name.clone(),
+                        reason,
+                    });
+                    continue;
+                }
                 if let Some(kept) = owner.get(tool.name.as_str()) {
                     if *kept != service {
-                        tracing::warn!(tool = %tool.name, kept = %kept, dropped = %service, "tool declared by two extensions; the first in name order keeps it");
+                        tracing::warn!(tool = ?tool.name, kept = %kept, dropped = %service, "tool declared by two extensions; the first in name order keeps it");
                         table.conflicts.push(Conflict {
                             tool: tool.name.clone(),
                             kept: (*kept).to_owned(),
@@ -251,9 +279,6 @@ impl RoutingTable {
                         });
                     }
                     continue;
-                }
-                if !is_portable_tool_name(&tool.name) {
-                    tracing::warn!(tool = %tool.name, %service, "tool name does not fit ^[a-zA-Z0-9_-]{{1,64}}$; LLM APIs may refuse it");
                 }
                 owner.insert(&tool.name, service);
                 table.routes.insert(tool.name.clone(), Arc::clone(endpoint));
@@ -264,6 +289,31 @@ impl RoutingTable {
             }
         }
         table
+    }
+
+    /// Adds the routes of services that cannot serve now (failed,
+    /// stopped): a tool no serving service offers still routes to its
+    /// owner, so that a call gets `unavailable` with the owner's state and
+    /// reason rather than `unknown_tool`; but it is not advertised in
+    /// [`tools`](Self::tools), and a serving service that declares the
+    /// same tool keeps it.
+    pub fn with_down<'a>(
+        mut self,
+        services: impl IntoIterator<Item = (&'a Arc<Endpoint>, &'a [Tool])>,
+        policy: ToolNames,
+    ) -> Self {
+        let mut services: Vec<_> = services.into_iter().collect();
+        services.sort_by(|a, b| a.0.name().cmp(b.0.name()));
+        for (endpoint, tools) in services {
+            for tool in tools {
+                if check_tool_name(&tool.name, policy).is_none() {
+                    self.routes
+                        .entry(tool.name.clone())
+                        .or_insert_with(|| Arc::clone(endpoint));
+                }
+            }
+        }
+        self
     }
 
     /// Marks the table as settling: some services have not finished their
@@ -306,5 +356,10 @@ impl RoutingTable {
     /// Tools declared by more than one service, and who kept them.
     pub fn conflicts(&self) -> &[Conflict] {
         &self.conflicts
+    }
+
+    /// Declared tools that are not advertised, and why.
+    pub fn left_out(&self) -> &[LeftOut] {
+        &self.left_out
     }
 }

@@ -184,7 +184,10 @@ fn load(path: &Path) -> Result<(HostConfig, Paths), u8> {
 /// A manager for the configuration at `path`, not started yet.
 fn manager(path: &Path) -> Result<ServiceManager, u8> {
     let (cfg, paths) = load(path)?;
-    Ok(ServiceManager::with_paths(&cfg.services, paths))
+    Ok(ServiceManager::builder(&cfg.services)
+        .paths(paths)
+        .tool_names(cfg.tool_names.unwrap_or_default())
+        .build())
 }
 
 /// Starts every service, with a line per service on stderr when it is a
@@ -275,6 +278,9 @@ async fn tools(path: &Path, json: bool, signals: &mut signals::Signals) -> u8 {
                 t.service, t.tool.name, t.tool.description
             );
         }
+    }
+    for left_out in manager.left_out() {
+        eprintln!("left out: {left_out}");
     }
     for c in manager.conflicts() {
         eprintln!(
