@@ -197,7 +197,10 @@ async fn call_returns_as_soon_as_its_tools_owner_is_ready() {
     let held = common::Gate::bind(dir.path());
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         r#"MOCK_SERVICE = "alpha" }"#,
-        &format!(r#"MOCK_SERVICE = "alpha", MOCK_NOTIFY_SOCKET = "{}" }}"#, held.path()),
+        &format!(
+            r#"MOCK_SERVICE = "alpha", MOCK_NOTIFY_SOCKET = "{}" }}"#,
+            held.path()
+        ),
     );
     std::fs::write(&cfg, text).unwrap();
     let mut started = Started::open(dir.path());
@@ -596,4 +599,26 @@ async fn tools_with_names_llm_apis_refuse_are_left_out_and_reported() {
             .any(|t| t["name"] == "a.b_echo"),
         "{tools}"
     );
+}
+
+#[tokio::test]
+async fn a_failed_read_of_stdin_is_not_a_success() {
+    let dir = temp_dir();
+    let gate = common::Gate::bind(dir.path());
+    // Reading a folder fails (EISDIR): input that cannot be read.
+    let folder = std::fs::File::open(dir.path()).unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        exthost()
+            .args(["run", "--config"])
+            .arg(held(dir.path(), &gate))
+            .stdin(Stdio::from(folder))
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("reading stdin failed"), "{stderr}");
 }
