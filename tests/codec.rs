@@ -321,3 +321,69 @@ fn a_payload_arriving_in_pieces_is_never_read_as_a_length_prefix() {
     let got = dec.decode(&mut buf).unwrap().unwrap();
     assert_eq!(got, ExtResponse::tool_result("x".repeat(40)));
 }
+
+mod tolerant {
+    use bytes::{BufMut, BytesMut};
+    use exthost::codec::{CodecError, Frame, TolerantClientCodec};
+    use exthost::proto::ExtResponse;
+    use tokio_util::codec::Decoder;
+
+    fn frame(payload: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        buf.put_u32(payload.len() as u32);
+        buf.put_slice(payload);
+        buf
+    }
+
+    #[test]
+    fn a_frame_exactly_at_the_limit_is_read_and_one_over_is_skipped_in_step() {
+        let answer = prost::Message::encode_to_vec(&ExtResponse::tool_result("abcdef"));
+        let mut codec = TolerantClientCodec::with_max_frame_len(answer.len());
+        assert_eq!(codec.max_frame_len(), answer.len());
+        assert!(format!("{codec:?}").contains(&answer.len().to_string()));
+        let mut buf = frame(&answer);
+        let Some(Frame::Message(resp)) = codec.decode(&mut buf).unwrap() else {
+            panic!("a frame at the limit is read");
+        };
+        assert_eq!(resp, ExtResponse::tool_result("abcdef"));
+        // One byte over: refused from its header, skipped as it arrives,
+        // then the next frame is read as usual.
+        let mut over = answer.clone();
+        over.push(0);
+        let mut buf = frame(&over);
+        buf.extend_from_slice(&frame(&answer));
+        let Some(Frame::Unusable(CodecError::FrameTooLarge { len, max })) =
+            codec.decode(&mut buf).unwrap()
+        else {
+            panic!("over the limit is unusable");
+        };
+        assert_eq!((len, max), (answer.len() + 1, answer.len()));
+        assert!(matches!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::Message(_))
+        ));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn an_empty_frame_is_read_from_its_header_alone() {
+        let mut codec = TolerantClientCodec::with_max_frame_len(16);
+        let mut buf = frame(b"");
+        assert!(
+            matches!(codec.decode(&mut buf).unwrap(), Some(Frame::Message(r)) if r == ExtResponse::default())
+        );
+    }
+
+    #[test]
+    fn a_frame_in_pieces_is_read_once_whole() {
+        let answer = prost::Message::encode_to_vec(&ExtResponse::tool_result("pieces"));
+        let whole = frame(&answer);
+        let mut codec = TolerantClientCodec::with_max_frame_len(1024);
+        let mut buf = BytesMut::new();
+        for (i, byte) in whole.iter().enumerate() {
+            buf.put_u8(*byte);
+            let item = codec.decode(&mut buf).unwrap();
+            assert_eq!(item.is_some(), i == whole.len() - 1, "byte {i}");
+        }
+    }
+}
