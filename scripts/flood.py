@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Memory of `exthost run` under a flood its client never reads.
 
-2,000 lines of 100 kB `a_echo` arguments to an extension with
+2,000 lines of 100 kB `a_echo` arguments (FLOOD_LINES, FLOOD_ARG_BYTES) to an extension with
 max_in_flight = 32; stdout is never read. Prints exthost's resident memory
 (VmRSS, KiB) sampled every second for 16 s.
 
@@ -11,6 +11,8 @@ max_in_flight = 32; stdout is never read. Prints exthost's resident memory
 import os, signal, subprocess, sys, tempfile, threading, time
 
 exe, mock, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
+size = int(os.environ.get("FLOOD_ARG_BYTES", "100000"))
+count = int(os.environ.get("FLOOD_LINES", "2000"))
 with tempfile.TemporaryDirectory(prefix="exthost-flood-") as d:
     cfg = os.path.join(d, "cfg.toml")
     with open(cfg, "w") as f:
@@ -19,11 +21,11 @@ with tempfile.TemporaryDirectory(prefix="exthost-flood-") as d:
                 f'max_in_flight = 32\nenv = {{ MOCK_PREFIX = "a_" }}\n')
     p = subprocess.Popen([exe, "run", "--config", cfg, *extra], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    arg = "x" * 100_000
+    arg = "x" * size
 
     def feed():
         try:
-            for i in range(2000):
+            for i in range(count):
                 p.stdin.write(f'{{"id": {i}, "tool": "a_echo", "args": "{arg}"}}\n'.encode())
             p.stdin.flush()
         except BrokenPipeError:

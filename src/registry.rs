@@ -57,7 +57,8 @@ pub use crate::config::ToolNames;
 pub enum LeftOutReason {
     /// The name is empty.
     Empty,
-    /// The name holds control characters (a newline, say).
+    /// The name holds control characters (a newline, say) or invisible
+    /// formatting characters (zero widths, bidirectional controls).
     ControlCharacters,
     /// The name does not fit `^[a-zA-Z0-9_-]{1,64}$` (with the default
     /// [`ToolNames::Portable`]).
@@ -105,13 +106,24 @@ impl std::fmt::Display for LeftOut {
 pub fn check_tool_name(name: &str, policy: ToolNames) -> Option<LeftOutReason> {
     if name.is_empty() {
         Some(LeftOutReason::Empty)
-    } else if name.chars().any(char::is_control) {
+    } else if name
+        .chars()
+        .any(|c| c.is_control() || is_invisible_format(c))
+    {
         Some(LeftOutReason::ControlCharacters)
     } else if policy == ToolNames::Portable && !is_portable_tool_name(name) {
         Some(LeftOutReason::NotPortable)
     } else {
         None
     }
+}
+
+/// Invisible formatting characters that can hide or reorder text: zero
+/// widths, bidirectional controls, line and paragraph separators, the BOM.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Whether `name` fits `^[a-zA-Z0-9_-]{1,64}$`, what common LLM APIs accept.

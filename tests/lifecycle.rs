@@ -128,6 +128,11 @@ impl Run {
         self.send_bytes(line.as_bytes()).await;
     }
 
+    async fn send_bytes_raw(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(bytes).await.unwrap();
+    }
+
     async fn send_bytes(&mut self, line: &[u8]) {
         let stdin = self.stdin.as_mut().unwrap();
         stdin.write_all(line).await.unwrap();
@@ -621,4 +626,66 @@ async fn a_failed_read_of_stdin_is_not_a_success() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("reading stdin failed"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_line_over_the_limit_is_skipped_and_answered_bad_request() {
+    let dir = temp_dir();
+    let gate = common::Gate::bind(dir.path());
+    let mut run = Run::start(&held(dir.path(), &gate));
+    // 33 MiB without a newline, in pieces, then its end.
+    let prefix = br#"{"id": 1, "tool": "a_echo", "args": ""#;
+    run.send_bytes_raw(prefix).await;
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..33 {
+        run.send_bytes_raw(&chunk).await;
+    }
+    run.send(r#""}"#).await;
+    let bad = run.recv().await.unwrap();
+    assert_eq!(bad["error"]["kind"], "bad_request", "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("33554432-byte limit"),
+        "{bad}"
+    );
+    let next = run
+        .ask(r#"{"id": 2, "tool": "a_echo", "args": "next"}"#)
+        .await;
+    assert_eq!(next["ok"], "next");
+    drop(run.stdin.take());
+    assert_eq!(run.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn run_stops_reading_while_max_pending_bytes_await_their_answers() {
+    let dir = temp_dir();
+    let gate = common::Gate::bind(dir.path());
+    let mut run = Run::start_with(&held(dir.path(), &gate), &["--max-pending-bytes", "500"]);
+    let pad = "p".repeat(400);
+    run.send(&format!(
+        r#"{{"id": 1, "tool": "a_wait", "args": "{pad}"}}"#
+    ))
+    .await;
+    run.send(&format!(
+        r#"{{"id": 2, "tool": "a_wait", "args": "{pad}"}}"#
+    ))
+    .await;
+    let first = gate.arrival().await;
+    // The first line holds 400-odd of the 500 bytes: the second is not
+    // taken on until it is answered.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), gate.arrival())
+            .await
+            .is_err(),
+        "a second request was taken on over the byte budget"
+    );
+    first.release();
+    assert_eq!(run.recv().await.unwrap()["id"], 1);
+    let second = gate.arrival().await;
+    second.release();
+    assert_eq!(run.recv().await.unwrap()["id"], 2);
+    drop(run.stdin.take());
+    assert_eq!(run.exit_code().await, Some(0));
 }

@@ -407,6 +407,7 @@ fn names_llm_apis_refuse_are_left_out_and_reported() {
         tool("dot.ted"),
         tool("café"),
         tool("fine"),
+        tool("rtl\u{202E}lfe"),
     ];
     let table = RoutingTable::build([(&ep, &tools[..])]);
     let advertised: Vec<_> = table.tools().iter().map(|t| t.tool.name.as_str()).collect();
@@ -426,6 +427,7 @@ fn names_llm_apis_refuse_are_left_out_and_reported() {
             ("dot.ted", LeftOutReason::NotPortable),
             ("café", LeftOutReason::NotPortable),
             ("fine", LeftOutReason::DeclaredTwice),
+            ("rtl\u{202E}lfe", LeftOutReason::ControlCharacters),
         ]
     );
     // The reason names the tool escaped: a newline never reaches a log raw.
@@ -441,5 +443,27 @@ fn names_llm_apis_refuse_are_left_out_and_reported() {
         advertised,
         ["fine", long.as_str(), "has space", "dot.ted", "café"]
     );
-    assert_eq!(any.left_out().len(), 3, "empty, control characters, twice");
+    assert_eq!(
+        any.left_out().len(),
+        4,
+        "empty, control and format characters, twice"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_request_over_the_frame_limit_is_refused_at_once_even_behind_a_busy_slot() {
+    let (ep, mut ext) = one_slot("busy", Duration::from_secs(1), None);
+    let router = router_with(&[(&ep, &[tool("t")])]);
+    let first = tokio::spawn(router.clone().oneshot(ToolCall::new("t", "first")));
+    recv(&mut ext).await;
+    // The only slot is owed an answer; the oversized call does not wait for
+    // it (it would time out, not retry-safe): it is refused at once.
+    let started = tokio::time::Instant::now();
+    let huge = "x".repeat(exthost::codec::MAX_FRAME_LEN);
+    let err = router.oneshot(ToolCall::new("t", huge)).await.unwrap_err();
+    assert!(matches!(err, CallError::TooLarge { .. }), "{err:?}");
+    assert!(err.is_retry_safe());
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    ext.send(ExtResponse::tool_result("1")).await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), "1");
 }

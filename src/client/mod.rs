@@ -89,7 +89,7 @@ type Pipeline = tokio_tower::pipeline::Client<Transport, WorkerError, Tagged>;
 
 /// The most a correlation id adds to a request: a 2-byte tag and a
 /// 10-byte varint.
-const CORRELATION_ID_MAX_LEN: usize = 12;
+pub(crate) const CORRELATION_ID_MAX_LEN: usize = 12;
 
 /// The pipeline worker's own error. Its cause is already recorded by the
 /// transport before the worker sees it, so it carries nothing.

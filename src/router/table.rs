@@ -118,6 +118,16 @@ impl Endpoint {
     /// [`CallError::from_stack`].
     pub async fn request(&self, req: ExtRequest) -> Result<Msg, CallError> {
         let kind = req.kind();
+        // Over the protocol's frame limit: refused at once, before waiting
+        // for a slot (so never a timeout), and never sent.
+        let len = prost::Message::encoded_len(&req) + crate::client::CORRELATION_ID_MAX_LEN;
+        if len > crate::codec::MAX_FRAME_LEN {
+            return Err(CallError::TooLarge {
+                service: self.name.to_string(),
+                len,
+                max: crate::codec::MAX_FRAME_LEN,
+            });
+        }
         let mut svc = self.service().map_err(|cause| CallError::Unavailable {
             service: self.name.to_string(),
             cause,

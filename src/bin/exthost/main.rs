@@ -79,6 +79,11 @@ enum Command {
         /// stdin is not read until answers are written.
         #[arg(long, default_value_t = 64)]
         max_pending: usize,
+        /// At most this many bytes of request lines read but not yet
+        /// answered (one line is always let through); past it, stdin is
+        /// not read until answers are written.
+        #[arg(long, default_value_t = 16 * 1024 * 1024)]
+        max_pending_bytes: usize,
     },
     /// Check that an extension program follows the protocol. Exit 0 when
     /// every required check passes (recommended ones that fail are
@@ -156,7 +161,14 @@ fn main() -> ExitCode {
             Command::Run {
                 config,
                 max_pending,
-            } => run::run(&config, max_pending, signals).await,
+                max_pending_bytes,
+            } => {
+                let limits = run::PendingLimits {
+                    requests: max_pending,
+                    bytes: max_pending_bytes,
+                };
+                run::run(&config, limits, signals).await
+            }
             Command::Check {
                 config_json,
                 timeout,

@@ -9,7 +9,7 @@ use exthost::CallError;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
@@ -64,10 +64,12 @@ fn bad_request(message: impl Into<String>) -> Failure {
 /// get their answers or `unavailable` as their extensions stop. Exit 0, or
 /// 1 when reading stdin failed (after the same orderly shutdown).
 ///
-/// At most `max_pending` requests are read but not yet answered (written
-/// out); past that, stdin is not read until answers drain, so memory stays
-/// bounded when a client writes faster than it reads.
-pub(crate) async fn run(path: &Path, max_pending: usize, signals: &mut Signals) -> u8 {
+/// At most `limits.requests` requests, holding at most `limits.bytes` bytes
+/// of request lines, are read but not yet answered (written out); past
+/// that, stdin is not read until answers drain, so memory stays bounded
+/// when a client writes faster than it reads. A line over
+/// [`MAX_LINE_BYTES`] is skipped as it arrives and answered `bad_request`.
+pub(crate) async fn run(path: &Path, limits: PendingLimits, signals: &mut Signals) -> u8 {
     let manager = match super::manager(path) {
         Ok(manager) => manager,
         Err(code) => return code,
@@ -76,7 +78,7 @@ pub(crate) async fn run(path: &Path, max_pending: usize, signals: &mut Signals) 
 
     // One writer, so every answer goes out as one whole line; a request's
     // pending permit goes with its answer and is freed once it is written.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(String, OwnedSemaphorePermit)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Pending)>();
     let writer = tokio::spawn(async move {
         let mut out = tokio::io::stdout();
         while let Some((mut line, _pending)) = rx.recv().await {
@@ -87,9 +89,12 @@ pub(crate) async fn run(path: &Path, max_pending: usize, signals: &mut Signals) 
         }
     });
 
-    let pending = Arc::new(Semaphore::new(max_pending.max(1)));
+    let pending = Arc::new(Semaphore::new(limits.requests.max(1)));
+    let budget = limits.bytes.clamp(1, u32::MAX as usize);
+    let pending_bytes = Arc::new(Semaphore::new(budget));
     let mut input = BufReader::new(tokio::io::stdin());
     let mut line = Vec::new();
+    let mut skipping = None;
     let mut read_failed = false;
     let mut inflight = JoinSet::new();
     let signal = loop {
@@ -102,12 +107,34 @@ pub(crate) async fn run(path: &Path, max_pending: usize, signals: &mut Signals) 
         let read = tokio::select! {
             biased;
             signal = signals.recv() => break Some(signal),
-            read = input.read_until(b'\n', &mut line) => read,
+            read = read_line_capped(&mut input, &mut line, MAX_LINE_BYTES, &mut skipping) => read,
         };
         match read {
             // End of input: finish what is in flight, then stop.
-            Ok(0) => break None,
-            Ok(_) => {
+            Ok(Line::Eof) => break None,
+            Ok(Line::TooLong(len)) => {
+                let answer = answer(
+                    Value::Null,
+                    Err(bad_request(format!(
+                        "line of {len} bytes exceeds the {MAX_LINE_BYTES}-byte limit"
+                    ))),
+                );
+                let _ = tx.send((
+                    answer.to_string(),
+                    Pending {
+                        _request: permit,
+                        _bytes: None,
+                    },
+                ));
+            }
+            Ok(Line::Read) => {
+                // Nor while `max_pending_bytes` of requests await theirs.
+                let weight = line.len().clamp(1, budget) as u32;
+                let bytes = tokio::select! {
+                    biased;
+                    signal = signals.recv() => break Some(signal),
+                    bytes = pending_bytes.clone().acquire_many_owned(weight) => bytes.expect("never closed"),
+                };
                 // Bytes that are not UTF-8 get a `bad_request`, like any
                 // other unreadable line; the session goes on.
                 let text = String::from_utf8_lossy(&line).into_owned();
@@ -123,7 +150,13 @@ pub(crate) async fn run(path: &Path, max_pending: usize, signals: &mut Signals) 
                     } else {
                         not_utf8(&text)
                     };
-                    let _ = tx.send((answer.to_string(), permit));
+                    let _ = tx.send((
+                        answer.to_string(),
+                        Pending {
+                            _request: permit,
+                            _bytes: Some(bytes),
+                        },
+                    ));
                 });
             }
             Err(e) => {
@@ -161,6 +194,76 @@ pub(crate) async fn run(path: &Path, max_pending: usize, signals: &mut Signals) 
     let _ = writer.await;
     let _ = starting.await;
     u8::from(read_failed)
+}
+
+/// The longest request line read: 32 MiB (a request's frame is at most
+/// 16 MiB; JSON escaping may double it).
+pub(crate) const MAX_LINE_BYTES: usize = 32 * 1024 * 1024;
+
+/// How much `run` reads ahead of its answers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PendingLimits {
+    /// Requests read but not answered.
+    pub(crate) requests: usize,
+    /// Bytes of such requests' lines.
+    pub(crate) bytes: usize,
+}
+
+/// A request's share of the pending limits, freed once its answer is
+/// written.
+struct Pending {
+    _request: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// How a capped line read ended.
+enum Line {
+    /// End of input.
+    Eof,
+    /// A line (its newline included, if it had one) is in the buffer.
+    Read,
+    /// A line over the cap was skipped; its length in bytes.
+    TooLong(usize),
+}
+
+/// Reads one line into `buf`, at most `cap` bytes: a longer line is skipped
+/// as it arrives (never stored), with `skipping` keeping count. Cancel-safe:
+/// what was read stays in `buf` and `skipping` for the next call.
+async fn read_line_capped<R: AsyncBufRead + Unpin>(
+    input: &mut R,
+    buf: &mut Vec<u8>,
+    cap: usize,
+    skipping: &mut Option<usize>,
+) -> std::io::Result<Line> {
+    loop {
+        let available = input.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(match skipping.take() {
+                Some(len) => Line::TooLong(len),
+                None if buf.is_empty() => Line::Eof,
+                None => Line::Read,
+            });
+        }
+        let (n, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        match skipping {
+            Some(len) => *len += n,
+            None if buf.len() + n > cap => {
+                *skipping = Some(buf.len() + n);
+                buf.clear();
+            }
+            None => buf.extend_from_slice(&available[..n]),
+        }
+        input.consume(n);
+        if done {
+            return Ok(match skipping.take() {
+                Some(len) => Line::TooLong(len),
+                None => Line::Read,
+            });
+        }
+    }
 }
 
 /// The answer to a line that is not UTF-8: `bad_request`, with the line's
