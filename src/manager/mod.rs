@@ -171,9 +171,15 @@ impl Services {
                 .collect()
         };
         let previous = self.router.table();
+        // Each finding is told once, when it appears.
         for left_out in table.left_out() {
             if !previous.left_out().contains(left_out) {
                 tracing::warn!("{left_out}");
+            }
+        }
+        for c in table.conflicts() {
+            if !previous.conflicts().contains(c) {
+                tracing::warn!(tool = ?c.tool, kept = %c.kept, dropped = %c.dropped, "tool declared by two extensions; the first in name order keeps it");
             }
         }
         let (old, new) = (owners(&previous), owners(&table));

@@ -230,9 +230,10 @@ impl Drop for Queued<'_> {
 ///
 /// Collisions are resolved deterministically and visibly: when two services
 /// declare the same tool, the one first in service-name order keeps it; the
-/// other's is left out, logged as a warning, and listed in
-/// [`conflicts`](Self::conflicts). Tool names outside
-/// `^[a-zA-Z0-9_-]{1,64}$` (the limit of common LLM APIs) are warned about.
+/// other's is listed in [`conflicts`](Self::conflicts). Names LLM APIs
+/// refuse are listed in [`left_out`](Self::left_out) (see
+/// [`ToolNames`]). The [`ServiceManager`](crate::manager::ServiceManager)
+/// logs each as a warning when it first appears.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     routes: HashMap<String, Arc<Endpoint>>,
@@ -281,7 +282,6 @@ impl RoutingTable {
                 }
                 if let Some(kept) = owner.get(tool.name.as_str()) {
                     if *kept != service {
-                        tracing::warn!(tool = ?tool.name, kept = %kept, dropped = %service, "tool declared by two extensions; the first in name order keeps it");
                         table.conflicts.push(Conflict {
                             tool: tool.name.clone(),
                             kept: (*kept).to_owned(),
