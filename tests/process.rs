@@ -180,6 +180,13 @@ async fn binary_the_os_cannot_exec_is_an_exec_error_naming_it() {
 async fn process_exiting_before_ready_reports_status_and_log_tail() {
     let dir = temp_dir();
     let connector = Connector::new(paths(dir.path()));
+    // An earlier run's lines in the same log are not this run's tail.
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    std::fs::write(
+        dir.path().join("logs/early.log"),
+        "--- exthost: starting early: old\nan earlier run's last words\n",
+    )
+    .unwrap();
     let err = connector
         .start(Target::new("early", mock(&[("MOCK_MODE", "exit")])))
         .await
@@ -193,6 +200,11 @@ async fn process_exiting_before_ready_reports_status_and_log_tail() {
             assert_eq!(service, "early");
             assert_eq!(status.code(), Some(3));
             assert!(log_tail.contains("exiting early as asked"), "{log_tail}");
+            assert!(!log_tail.contains("earlier run"), "{log_tail}");
+            assert!(
+                log_tail.starts_with("--- exthost: starting early: "),
+                "{log_tail}"
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -246,7 +246,8 @@ impl ProcessHandle {
         tokio::time::timeout(within, done).await.unwrap_or(false)
     }
 
-    /// The last `lines` lines of the log file, as written so far (see
+    /// The last `lines` lines of this run's part of the log file (from its
+    /// `--- exthost: starting` line on), as written so far (see
     /// [`output_closed`](Self::output_closed)).
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.inner.log, lines)
@@ -307,5 +308,11 @@ fn log_tail(path: &Path, lines: usize) -> String {
     let _ = f.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    // Only this run's lines: from its `--- exthost: starting` header on.
+    let from = all
+        .iter()
+        .rposition(|l| l.starts_with(super::log::HEADER_PREFIX))
+        .unwrap_or(0);
+    let run = &all[from..];
+    run[run.len().saturating_sub(lines)..].join("\n")
 }

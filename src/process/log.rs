@@ -19,6 +19,9 @@ use tokio::sync::watch;
 
 use crate::config::{DEFAULT_LOG_KEEP, DEFAULT_LOG_MAX_BYTES};
 
+/// How the line that opens each run of a service in its log begins.
+pub(super) const HEADER_PREFIX: &str = "--- exthost: starting ";
+
 /// Where a service's output goes, and how much of it is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFile {

@@ -99,7 +99,7 @@ fn spawn_logged(
 ) -> Result<ProcessHandle, SpawnError> {
     let io_err = |what| io_error(name, what);
     let program = PathBuf::from(cmd.as_std().get_program());
-    let header = format!("--- exthost: starting {name}: {}", program.display());
+    let header = format!("{}{name}: {}", super::log::HEADER_PREFIX, program.display());
     let pipe = Pipe::new(log, &header).map_err(io_err("open the log file"))?;
     let output = pipe
         .child
