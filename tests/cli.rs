@@ -1,19 +1,16 @@
 //! The `exthost` command, run as a real binary against the mock extension.
 
 mod common;
+#[path = "common/run.rs"]
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
 use common::{alive, gone_within, mock_bin, temp_dir, Gate, WAIT};
+use run::{exthost, Run};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-fn exthost() -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_exthost"));
-    cmd.kill_on_drop(true).env_remove("RUST_LOG");
-    cmd
-}
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A config with the given `[services.<name>]` bodies, in `dir`.
 fn config(dir: &Path, services: &[(&str, &str)]) -> PathBuf {
@@ -203,77 +200,6 @@ async fn call_exit_codes_tell_the_kind_of_outcome() {
     assert_eq!(out.status.code(), Some(0));
 }
 
-/// A running `exthost run` with its pipes.
-struct Run {
-    child: tokio::process::Child,
-    stdin: Option<tokio::process::ChildStdin>,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    /// Its logs; the few lines a test leaves unread fit in the pipe.
-    logs: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-}
-
-impl Run {
-    fn start(cfg: &Path) -> Self {
-        let mut child = exthost()
-            .arg("run")
-            .arg("--config")
-            .arg(cfg)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let logs = BufReader::new(child.stderr.take().unwrap()).lines();
-        Run {
-            child,
-            stdin,
-            lines,
-            logs,
-        }
-    }
-
-    /// Reads its logs (bounded) up to the first line with every one of
-    /// `words`.
-    async fn logged(&mut self, words: &[&str]) -> String {
-        let mut seen = String::new();
-        loop {
-            let line = tokio::time::timeout(WAIT, self.logs.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("not logged: {words:?}; logs so far:\n{seen}"))
-                .unwrap()
-                .unwrap_or_else(|| panic!("logs ended before {words:?}:\n{seen}"));
-            if words.iter().all(|w| line.contains(w)) {
-                return line;
-            }
-            seen += &line;
-            seen += "\n";
-        }
-    }
-
-    async fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(line.as_bytes()).await.unwrap();
-        stdin.write_all(b"\n").await.unwrap();
-        stdin.flush().await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Value {
-        let line = tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .expect("no answer")
-            .unwrap()
-            .expect("stdout closed");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    }
-
-    async fn ask(&mut self, line: &str) -> Value {
-        self.send(line).await;
-        self.recv().await
-    }
-}
-
 #[tokio::test]
 async fn run_serves_json_lines_concurrently_and_survives_bad_lines() {
     let dir = temp_dir();
@@ -347,7 +273,7 @@ async fn run_serves_json_lines_concurrently_and_survives_bad_lines() {
 #[tokio::test]
 async fn run_reports_a_crash_and_the_restart() {
     let dir = temp_dir();
-    let mut run = Run::start(&two_mocks(dir.path(), None));
+    let mut run = Run::start_logged(&two_mocks(dir.path(), None));
     let old = run.ask(r#"{"id": 1, "tool": "b_pid"}"#).await["ok"].clone();
     let crash = run.ask(r#"{"id": 2, "tool": "b_crash"}"#).await;
     assert_eq!(crash["error"]["kind"], "unavailable");

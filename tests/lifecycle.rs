@@ -3,22 +3,17 @@
 //! request gets exactly one answer.
 
 mod common;
+#[path = "common/run.rs"]
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{alive, mock_bin, temp_dir};
+use common::{alive, mock_bin, temp_dir, WAIT};
+use run::{exthost, Run};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn exthost() -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_exthost"));
-    cmd.kill_on_drop(true).env_remove("RUST_LOG");
-    cmd
-}
 
 /// A fast `alpha` (a_ tools, `max_in_flight` 8) and a `beta` (b_ tools)
 /// that cannot bind its socket until a line is written to `gate`, a FIFO.
@@ -95,78 +90,6 @@ impl Started {
     }
 }
 
-struct Run {
-    child: tokio::process::Child,
-    stdin: Option<tokio::process::ChildStdin>,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Run {
-    fn start(cfg: &Path) -> Self {
-        Self::start_with(cfg, &[])
-    }
-
-    fn start_with(cfg: &Path, extra: &[&str]) -> Self {
-        let mut child = exthost()
-            .args(["run", "--config"])
-            .arg(cfg)
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Run {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    async fn send(&mut self, line: &str) {
-        self.send_bytes(line.as_bytes()).await;
-    }
-
-    async fn send_bytes_raw(&mut self, bytes: &[u8]) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(bytes).await.unwrap();
-    }
-
-    async fn send_bytes(&mut self, line: &[u8]) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(line).await.unwrap();
-        stdin.write_all(b"\n").await.unwrap();
-        stdin.flush().await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Option<Value> {
-        let line = tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .expect("no answer")
-            .unwrap()?;
-        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
-    }
-
-    async fn ask(&mut self, line: &str) -> Value {
-        self.send(line).await;
-        self.recv().await.expect("stdout closed")
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
-        nix::sys::signal::kill(pid, signal).unwrap();
-    }
-
-    async fn exit_code(&mut self) -> Option<i32> {
-        tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("exthost did not exit")
-            .unwrap()
-            .code()
-    }
-}
-
 #[tokio::test]
 async fn run_answers_while_another_service_is_still_starting() {
     let dir = temp_dir();
@@ -186,11 +109,10 @@ async fn run_answers_while_another_service_is_still_starting() {
         .await;
     let _gate = open_gate(&gate).await;
     // ...and is answered once beta is ready.
-    let later = run.recv().await.unwrap();
+    let later = run.recv().await;
     assert_eq!(later["id"], 3);
     assert_eq!(later["ok"], "later", "{later}");
-    drop(run.stdin.take());
-    assert_eq!(run.exit_code().await, Some(0));
+    run.finish().await;
 }
 
 #[tokio::test]
@@ -274,7 +196,7 @@ async fn every_call_in_flight_is_answered_once_when_run_is_terminated() {
     );
     run.signal(nix::sys::signal::Signal::SIGTERM);
     let mut ids = Vec::new();
-    while let Some(answer) = run.recv().await {
+    while let Some(answer) = run.next().await {
         let ok = answer["ok"] == "slept 300 ms";
         let unavailable = answer["error"]["kind"] == "unavailable";
         assert!(ok || unavailable, "{answer}");
@@ -300,21 +222,19 @@ async fn two_hosts_on_one_configuration_both_answer_every_call() {
     for run in [&mut one, &mut two] {
         let mut ok = 0;
         for _ in 0..10 {
-            let answer = run.recv().await.unwrap();
+            let answer = run.recv().await;
             assert_eq!(answer["ok"], answer["id"].to_string(), "{answer}");
             ok += 1;
         }
         assert_eq!(ok, 10);
     }
-    drop(two.stdin.take());
-    assert_eq!(two.exit_code().await, Some(0));
+    two.finish().await;
     // The second host's shutdown left the first one's sockets alone.
     let answer = one
         .ask(r#"{"id": 99, "tool": "a_echo", "args": "still"}"#)
         .await;
     assert_eq!(answer["ok"], "still");
-    drop(one.stdin.take());
-    assert_eq!(one.exit_code().await, Some(0));
+    one.finish().await;
 }
 
 #[tokio::test]
@@ -357,8 +277,7 @@ async fn run_restarts_stops_and_starts_a_service_on_request() {
     assert_eq!(unknown["error"]["kind"], "unknown_service", "{unknown}");
     let missing = run.ask(r#"{"id": 8, "op": "restart"}"#).await;
     assert_eq!(missing["error"]["kind"], "bad_request", "{missing}");
-    drop(run.stdin.take());
-    assert_eq!(run.exit_code().await, Some(0));
+    run.finish().await;
 }
 
 /// One service, `alpha`, whose `a_wait` calls are held at `gate` until
@@ -393,7 +312,7 @@ async fn a_signal_after_end_of_input_still_shuts_down_at_once() {
     drop(run.stdin.take());
     // ...until a signal begins the shutdown.
     run.signal(nix::sys::signal::Signal::SIGTERM);
-    let answer = run.recv().await.expect("the call in flight got no answer");
+    let answer = run.recv().await;
     assert_eq!(answer["id"], 1);
     assert_eq!(answer["error"]["kind"], "unavailable", "{answer}");
     assert_eq!(run.exit_code().await, Some(0));
@@ -431,15 +350,14 @@ async fn a_line_that_is_not_utf8_gets_bad_request_and_the_session_goes_on() {
     let mut run = Run::start(&held(dir.path(), &gate));
     run.send_bytes(b"{\"id\": 7, \"tool\": \"a_echo\", \"args\": \"caf\xE9\"}")
         .await;
-    let bad = run.recv().await.unwrap();
+    let bad = run.recv().await;
     assert_eq!(bad["id"], 7, "{bad}");
     assert_eq!(bad["error"]["kind"], "bad_request", "{bad}");
     let next = run
         .ask(r#"{"id": 8, "tool": "a_echo", "args": "still here"}"#)
         .await;
     assert_eq!(next["ok"], "still here", "{next}");
-    drop(run.stdin.take());
-    assert_eq!(run.exit_code().await, Some(0));
+    run.finish().await;
 }
 
 #[tokio::test]
@@ -462,8 +380,7 @@ async fn call_errors_say_whether_a_retry_is_safe() {
         down["error"]["retry_safe"], true,
         "refused during the outage: {down}"
     );
-    drop(run.stdin.take());
-    assert_eq!(run.exit_code().await, Some(0));
+    run.finish().await;
 }
 
 #[tokio::test]
@@ -486,7 +403,7 @@ async fn run_stops_reading_while_max_pending_requests_await_their_answers() {
     first.release();
     let mut ids = Vec::new();
     for _ in 0..2 {
-        ids.push(run.recv().await.unwrap()["id"].as_u64().unwrap());
+        ids.push(run.recv().await["id"].as_u64().unwrap());
     }
     ids.sort();
     assert!(ids == [1, 3] || ids == [2, 3], "{ids:?}");
@@ -585,8 +502,7 @@ async fn tools_with_names_llm_apis_refuse_are_left_out_and_reported() {
         status["ok"]["fine"].get("tools_left_out").is_none(),
         "{status}"
     );
-    drop(run.stdin.take());
-    assert_eq!(run.exit_code().await, Some(0));
+    run.finish().await;
     // `tool_names = "any"` keeps them.
     std::fs::write(&cfg, text("tool_names = \"any\"")).unwrap();
     let out = exthost()
@@ -635,13 +551,13 @@ async fn a_line_over_the_limit_is_skipped_and_answered_bad_request() {
     let mut run = Run::start(&held(dir.path(), &gate));
     // 33 MiB without a newline, in pieces, then its end.
     let prefix = br#"{"id": 1, "tool": "a_echo", "args": ""#;
-    run.send_bytes_raw(prefix).await;
+    run.send_raw(prefix).await;
     let chunk = vec![b'x'; 1 << 20];
     for _ in 0..33 {
-        run.send_bytes_raw(&chunk).await;
+        run.send_raw(&chunk).await;
     }
     run.send(r#""}"#).await;
-    let bad = run.recv().await.unwrap();
+    let bad = run.recv().await;
     assert_eq!(bad["error"]["kind"], "bad_request", "{bad}");
     assert!(
         bad["error"]["message"]
@@ -654,8 +570,7 @@ async fn a_line_over_the_limit_is_skipped_and_answered_bad_request() {
         .ask(r#"{"id": 2, "tool": "a_echo", "args": "next"}"#)
         .await;
     assert_eq!(next["ok"], "next");
-    drop(run.stdin.take());
-    assert_eq!(run.exit_code().await, Some(0));
+    run.finish().await;
 }
 
 #[tokio::test]
@@ -682,10 +597,9 @@ async fn run_stops_reading_while_max_pending_bytes_await_their_answers() {
         "a second request was taken on over the byte budget"
     );
     first.release();
-    assert_eq!(run.recv().await.unwrap()["id"], 1);
+    assert_eq!(run.recv().await["id"], 1);
     let second = gate.arrival().await;
     second.release();
-    assert_eq!(run.recv().await.unwrap()["id"], 2);
-    drop(run.stdin.take());
-    assert_eq!(run.exit_code().await, Some(0));
+    assert_eq!(run.recv().await["id"], 2);
+    run.finish().await;
 }
