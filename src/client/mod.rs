@@ -278,11 +278,6 @@ impl Connection {
         self.shared.max_in_flight - self.shared.in_flight.available_permits()
     }
 
-    /// The configured `max_in_flight`.
-    pub fn max_in_flight(&self) -> usize {
-        self.shared.max_in_flight
-    }
-
     fn error(&self) -> ConnectionError {
         self.failure().cloned().unwrap_or(ConnectionError::Closed)
     }
