@@ -107,11 +107,7 @@ fn startup(c: &mut Criterion) {
                         let t = Instant::now();
                         let started = exthost_start(&connector, n).await;
                         total += t.elapsed();
-                        futures::future::join_all(started.iter().map(|s| {
-                            let conn = s.extension.as_ref().map(|e| &e.connection);
-                            s.process.stop(conn, grace)
-                        }))
-                        .await;
+                        futures::future::join_all(started.iter().map(|s| s.stop(grace))).await;
                     }
                     total
                 }

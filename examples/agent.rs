@@ -7,14 +7,21 @@
 //! ```
 //!
 //! With no arguments it needs nothing built beforehand: it re-runs its own
-//! binary as the mock extension (`agent serve --socket PATH`). It starts two
-//! extensions with different tool prefixes, prints the tool table, calls
-//! tools on both, shows a timeout, an unknown tool, a crash followed by the
-//! automatic restart, and shuts down gracefully.
+//! binary as the mock extension (`agent serve --socket PATH`) and as an MCP
+//! server built on rmcp (`agent mcp`, speaking MCP over stdio; the
+//! `mcp_server` example). It starts two native extensions and the MCP
+//! server side by side, each under its own tool prefix, prints the tool
+//! table, calls tools on all three (an MCP result with an image among its
+//! content blocks included), shows a timeout, an unknown tool, a crash
+//! followed by the automatic restart, and shuts down gracefully.
 
 #[allow(dead_code)]
 #[path = "mock_extension.rs"]
 mod mock_extension;
+
+#[allow(dead_code)]
+#[path = "mcp_server.rs"]
+mod mcp_server;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,6 +30,7 @@ use exthost::config::{HostConfig, RestartPolicy, ServiceConfig};
 use exthost::manager::{ServiceManager, ServiceState};
 use exthost::process::Paths;
 use exthost::router::ToolCall;
+use exthost::{Content, ToolOutput};
 use tower::ServiceExt;
 
 type Error = Box<dyn std::error::Error>;
@@ -35,6 +43,10 @@ fn main() -> Result<(), Error> {
             .enable_all()
             .build()?
             .block_on(mock_extension::run()),
+        Some("mcp") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(mcp_server::serve_stdio()),
         Some("--config") => {
             let file = args.next().ok_or("--config needs a file")?;
             runtime()?.block_on(tour_config(&file))
@@ -70,6 +82,14 @@ async fn tour_builtin() -> Result<(), Error> {
     let mut configs = BTreeMap::new();
     configs.insert("alpha".to_owned(), mock("alpha", "a_"));
     configs.insert("beta".to_owned(), mock("beta", "b_"));
+    // An MCP server over stdio, its tools routed as `m_<name>`.
+    configs.insert(
+        "gamma".to_owned(),
+        ServiceConfig::mcp_command(&me, ["mcp"])
+            .with_prefix("m_")
+            .with_restart(RestartPolicy::OnFailure)
+            .with_call_timeout(Duration::from_secs(1)),
+    );
     let dir = tempfile::Builder::new()
         .prefix("exthost-agent-")
         .tempdir_in("/tmp")?;
@@ -81,7 +101,7 @@ async fn tour_builtin() -> Result<(), Error> {
     let started = Instant::now();
     let report = manager.start().await;
     println!(
-        "started {} extensions in {:.1?}",
+        "started {} services in {:.1?}",
         report.ready.len(),
         started.elapsed()
     );
@@ -93,7 +113,7 @@ async fn tour_builtin() -> Result<(), Error> {
     }
     print_tools(&manager);
 
-    section("calls on both extensions");
+    section("calls on the native extensions and the MCP server");
     let router = manager.router();
     show(
         "a_echo",
@@ -103,7 +123,40 @@ async fn tour_builtin() -> Result<(), Error> {
             .oneshot(ToolCall::new("a_echo", r#"{"greeting":"hello"}"#).agent("tour"))
             .await,
     );
+    show(
+        "m_echo",
+        r#"{"text":"hello, MCP"}"#,
+        router
+            .clone()
+            .oneshot(ToolCall::new("m_echo", r#"{"text":"hello, MCP"}"#))
+            .await,
+    );
+    let image = router
+        .clone()
+        .oneshot(ToolCall::new("m_image", "{}"))
+        .await?;
+    println!("  m_image {{}} -> {} content blocks:", image.content.len());
+    for block in &image.content {
+        println!("    {}", describe(block));
+    }
+    show(
+        "m_fail",
+        r#"{"message":"no such file"}"#,
+        router
+            .clone()
+            .oneshot(ToolCall::new("m_fail", r#"{"message":"no such file"}"#))
+            .await,
+    );
+    show(
+        "m_echo",
+        "[1,2]",
+        router
+            .clone()
+            .oneshot(ToolCall::new("m_echo", "[1,2]"))
+            .await,
+    );
     let old_pid = router.clone().oneshot(ToolCall::new("b_pid", "{}")).await?;
+    let old_pid = old_pid.into_text();
     println!("  b_pid {{}} -> {old_pid}");
     show(
         "b_fail",
@@ -151,7 +204,11 @@ async fn tour_builtin() -> Result<(), Error> {
         crashed_at.elapsed(),
         status.restarts
     );
-    let new_pid = router.clone().oneshot(ToolCall::new("b_pid", "{}")).await?;
+    let new_pid = router
+        .clone()
+        .oneshot(ToolCall::new("b_pid", "{}"))
+        .await?
+        .into_text();
     println!("  b_pid {{}} -> {new_pid} (was {old_pid})");
     if new_pid == old_pid {
         return Err("the restarted extension has the old pid".into());
@@ -233,9 +290,31 @@ fn section(title: &str) {
     println!("\n== {title}");
 }
 
-fn show(tool: &str, args: &str, result: Result<String, exthost::CallError>) {
+/// One line about a content block.
+fn describe(block: &Content) -> String {
+    match block {
+        Content::Text { text } => format!("text: {text}"),
+        Content::Image { data, mime_type } => {
+            format!("image ({mime_type}, {} base64 bytes)", data.len())
+        }
+        Content::Audio { data, mime_type } => {
+            format!("audio ({mime_type}, {} base64 bytes)", data.len())
+        }
+        Content::ResourceLink(link) => format!(
+            "resource link: {}",
+            link.get("uri").unwrap_or(&serde_json::Value::Null)
+        ),
+        Content::Resource { resource } => format!(
+            "embedded resource: {}",
+            resource.get("uri").unwrap_or(&serde_json::Value::Null)
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+fn show(tool: &str, args: &str, result: Result<ToolOutput, exthost::CallError>) {
     match result {
-        Ok(r) => println!("  {tool} {args} -> {r}"),
+        Ok(r) => println!("  {tool} {args} -> {}", r.text()),
         Err(e) => println!("  {tool} {args} -> error [{}]: {e}", e.kind()),
     }
 }

@@ -24,7 +24,7 @@ use exthost::config::{RestartPolicy, ServiceConfig};
 use exthost::manager::{RestartLimits, ServiceManager};
 use exthost::process::Paths;
 use exthost::router::ToolCall;
-use exthost::CallError;
+use exthost::{CallError, ToolOutput};
 use tower::retry::{Policy, RetryLayer};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
@@ -38,13 +38,13 @@ struct RetryWhenSafe {
     attempts: usize,
 }
 
-impl Policy<ToolCall, String, CallError> for RetryWhenSafe {
+impl Policy<ToolCall, ToolOutput, CallError> for RetryWhenSafe {
     type Future = tokio::time::Sleep;
 
     fn retry(
         &mut self,
         _req: &mut ToolCall,
-        result: &mut Result<String, CallError>,
+        result: &mut Result<ToolOutput, CallError>,
     ) -> Option<Self::Future> {
         match result {
             Err(e) if e.is_retry_safe() && self.attempts > 0 => {
@@ -96,12 +96,12 @@ struct MetricsService<S> {
 
 impl<S> Service<ToolCall> for MetricsService<S>
 where
-    S: Service<ToolCall, Response = String>,
+    S: Service<ToolCall, Response = ToolOutput>,
     S::Future: Send + 'static,
 {
-    type Response = String;
+    type Response = ToolOutput;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<String, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<ToolOutput, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -165,7 +165,10 @@ async fn demo() -> Result<(), Error> {
 
     println!(
         "echo -> {}",
-        svc.clone().oneshot(ToolCall::new("echo", "hi")).await?
+        svc.clone()
+            .oneshot(ToolCall::new("echo", "hi"))
+            .await?
+            .text()
     );
     println!(
         "fail -> {:?}",
@@ -183,7 +186,10 @@ async fn demo() -> Result<(), Error> {
     // retried until the extension is back.
     println!(
         "echo after the crash -> {}",
-        svc.clone().oneshot(ToolCall::new("echo", "back")).await?
+        svc.clone()
+            .oneshot(ToolCall::new("echo", "back"))
+            .await?
+            .text()
     );
 
     println!("\nper-tool metrics:");

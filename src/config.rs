@@ -33,6 +33,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod clients;
+mod expand;
+
 use crate::handshake::DEFAULT_HANDSHAKE_TIMEOUT;
 use crate::stack::DEFAULT_CALL_TIMEOUT;
 
@@ -41,6 +44,9 @@ pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
 
 /// The default number of rotated log files kept per service: 3.
 pub const DEFAULT_LOG_KEEP: usize = 3;
+
+/// The default in-flight limit of an MCP service: 16.
+pub const DEFAULT_MCP_MAX_IN_FLIGHT: usize = 16;
 
 /// The default time a stopping extension gets at each stage of shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -55,6 +61,10 @@ pub enum ServiceKind {
     /// Connects back to the daemon's socket; spawned and supervised, not
     /// handshaken.
     Gateway,
+    /// A Model Context Protocol server: spawned from `command` and spoken
+    /// to over its stdin and stdout, or reached at `url` over Streamable
+    /// HTTP. Needs the `mcp` feature to start.
+    Mcp,
 }
 
 /// When a service that stopped is started again.
@@ -104,12 +114,26 @@ pub struct ServiceConfig {
     /// else the host's `PATH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<PathBuf>,
+    /// A remote MCP server's Streamable HTTP endpoint (`http://` or
+    /// `https://`), for `kind = "mcp"` instead of `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// HTTP headers sent with every request to `url` (an
+    /// `Authorization` header, say).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Prepended to each of the service's tool names as the agent sees
+    /// them (`prefix = "gh_"` makes `create_issue` into
+    /// `gh_create_issue`); the service still receives its own names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     /// The working directory of the service's process (default: the
     /// host's). Relative to the configuration file's folder when loaded
     /// from a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<PathBuf>,
-    /// Extra arguments, after the protocol's own.
+    /// Extra arguments, after the protocol's own (for an MCP server, its
+    /// whole argument list: nothing is added).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// When to restart the service.
@@ -194,6 +218,9 @@ impl Default for ServiceConfig {
             kind: ServiceKind::Extension,
             krate: String::new(),
             command: None,
+            url: None,
+            headers: BTreeMap::new(),
+            prefix: None,
             cwd: None,
             args: Vec::new(),
             restart: RestartPolicy::Never,
@@ -220,6 +247,35 @@ impl ServiceConfig {
             command: Some(path.into()),
             ..Default::default()
         }
+    }
+
+    /// An MCP server run as a child process: `command` with `args`,
+    /// exactly as given, speaking MCP over its stdin and stdout.
+    pub fn mcp_command(
+        command: impl Into<PathBuf>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        ServiceConfig {
+            kind: ServiceKind::Mcp,
+            command: Some(command.into()),
+            args: args.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A remote MCP server at a Streamable HTTP endpoint.
+    pub fn mcp_url(url: impl Into<String>) -> Self {
+        ServiceConfig {
+            kind: ServiceKind::Mcp,
+            url: Some(url.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Sets the tool-name prefix.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
     }
 
     /// An extension whose binary is found by name.
@@ -328,9 +384,13 @@ impl ServiceConfig {
         self.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE)
     }
 
-    /// The in-flight limit in force.
+    /// The in-flight limit in force: 1 for native extensions (answers are
+    /// matched by order), 16 for MCP servers (matched by request id).
     pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight.unwrap_or(1)
+        self.max_in_flight.unwrap_or(match self.kind {
+            ServiceKind::Mcp => DEFAULT_MCP_MAX_IN_FLIGHT,
+            _ => 1,
+        })
     }
 
     /// Checks the entry named `name`.
@@ -341,7 +401,42 @@ impl ServiceConfig {
             field,
             problem,
         };
-        if self.command.is_none() && self.krate.trim().is_empty() {
+        if self.kind == ServiceKind::Mcp {
+            match (&self.command, &self.url) {
+                (Some(_), Some(_)) => {
+                    return Err(field(
+                        "url",
+                        "and `command` are both given; an MCP service has one of them".to_owned(),
+                    ))
+                }
+                (None, None) => return Err(field(
+                    "command",
+                    "is missing: an MCP service needs `command` (stdio) or `url` (Streamable HTTP)"
+                        .to_owned(),
+                )),
+                (None, Some(url)) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(field(
+                            "url",
+                            format!("must start with http:// or https://, not {url:?}"),
+                        ));
+                    }
+                }
+                (Some(_), None) => {
+                    if !self.headers.is_empty() {
+                        return Err(field(
+                            "headers",
+                            "apply only to a `url`, and this service has a `command`".to_owned(),
+                        ));
+                    }
+                }
+            }
+        } else if self.url.is_some() || !self.headers.is_empty() {
+            return Err(field(
+                if self.url.is_some() { "url" } else { "headers" },
+                "is only for `kind = \"mcp\"`".to_owned(),
+            ));
+        } else if self.command.is_none() && self.krate.trim().is_empty() {
             return Err(field(
                 "crate",
                 "is empty and no `command` is given".to_owned(),
@@ -475,6 +570,20 @@ pub enum ConfigError {
         /// The name.
         name: String,
     },
+    /// `${VAR}` in a field names a variable that is not set in the host's
+    /// environment and gives no default (`${VAR:-default}`), or is
+    /// malformed.
+    #[error("service `{service}`: field `{field}` uses {var}, which {problem}")]
+    Variable {
+        /// The service.
+        service: String,
+        /// The field, such as `env.TOKEN` or `args[2]`.
+        field: String,
+        /// The reference as written, such as `${TOKEN}`.
+        var: String,
+        /// What is wrong: not set, or malformed.
+        problem: &'static str,
+    },
     /// A field's value is not usable.
     #[error("service `{service}`: field `{field}` {problem}")]
     Invalid {
@@ -494,23 +603,43 @@ impl HostConfig {
             at: "(file)".to_owned(),
             message: e.message().to_owned(),
         })?;
-        let cfg: HostConfig =
+        let mut cfg: HostConfig =
             serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
                 at: e.path().to_string(),
                 message: e.inner().message().to_owned(),
             })?;
+        cfg.expand_env()?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Parses JSON and validates every service.
+    ///
+    /// Besides exthost's own form, this reads the files MCP clients use: a
+    /// top-level `mcpServers` object (Claude Desktop, Claude Code, Cursor)
+    /// or `servers` (VS Code). Each entry is an MCP service: `{command,
+    /// args, env, cwd}` (with `type` absent or `"stdio"`) runs a server
+    /// over stdio; `{type, url, headers}` with type `http`,
+    /// `streamable-http`, `streamable_http` or `streamableHttp` (or absent)
+    /// reaches one over Streamable HTTP. Any other `type` (`sse`, say) is
+    /// an error naming the service and the type; keys exthost does not use
+    /// are ignored with a warning; `disabled: true` is `enabled = false`.
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
+        if let Ok(root) = serde_json::from_str::<serde_json::Value>(text) {
+            if let Some(key) = clients::client_key(&root) {
+                let mut cfg = clients::from_client_json(root, key)?;
+                cfg.expand_env()?;
+                cfg.validate()?;
+                return Ok(cfg);
+            }
+        }
         let mut de = serde_json::Deserializer::from_str(text);
-        let cfg: HostConfig =
+        let mut cfg: HostConfig =
             serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError::Parse {
                 at: e.path().to_string(),
                 message: e.inner().to_string(),
             })?;
+        cfg.expand_env()?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -569,6 +698,56 @@ impl HostConfig {
                 resolve(cwd);
             }
         }
+    }
+
+    /// Expands `${VAR}` and `${VAR:-default}` from the host's environment
+    /// in each service's `args`, `env` values, `url` and `headers` values
+    /// (what the loaders do). With `:-`, the default also applies to a
+    /// variable set to the empty string.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Variable`] naming the service, the field and the
+    /// variable, for one that is unset without a default, or malformed.
+    pub fn expand_env(&mut self) -> Result<(), ConfigError> {
+        self.expand_with(&|name| std::env::var(name).ok())
+    }
+
+    fn expand_with(&mut self, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for (name, service) in &mut self.services {
+            let one = |field: String, value: &mut String| {
+                *value = expand::expand(value, lookup).map_err(|e| {
+                    let (var, problem) = match e {
+                        expand::ExpandError::Unset(v) => {
+                            (format!("${{{v}}}"), "is not set and has no default")
+                        }
+                        expand::ExpandError::Malformed(v) => {
+                            (v, "is malformed: write ${NAME} or ${NAME:-default}")
+                        }
+                    };
+                    ConfigError::Variable {
+                        service: name.clone(),
+                        field,
+                        var,
+                        problem,
+                    }
+                })?;
+                Ok::<_, ConfigError>(())
+            };
+            for (i, arg) in service.args.iter_mut().enumerate() {
+                one(format!("args[{i}]"), arg)?;
+            }
+            for (k, v) in service.env.iter_mut() {
+                one(format!("env.{k}"), v)?;
+            }
+            if let Some(url) = &mut service.url {
+                one("url".to_owned(), url)?;
+            }
+            for (k, v) in service.headers.iter_mut() {
+                one(format!("headers.{k}"), v)?;
+            }
+        }
+        Ok(())
     }
 
     /// Validates every service.

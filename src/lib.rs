@@ -14,6 +14,10 @@
 //! - [`codec`]: 4-byte big-endian length + protobuf framing, 16 MiB maximum.
 //! - [`client`]: one extension connection as a `Service<ExtRequest>`, on
 //!   tokio-tower's pipeline client; answers can never be mixed up.
+//! - `mcp` (feature `mcp`, on by default): one MCP server session (stdio
+//!   or Streamable HTTP, through the official SDK `rmcp`) as a
+//!   `Service<ExtRequest>` like a native connection, so MCP servers and
+//!   native extensions share one stack, router and supervisor.
 //! - [`trace`] and [`stack`]: the per-extension stack (tracing, timeout,
 //!   in-flight limit).
 //! - [`handshake`]: `hello`, `configure`, `register_tools`.
@@ -77,6 +81,8 @@ pub mod conformance;
 pub mod connector;
 pub mod handshake;
 pub mod manager;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 pub mod process;
 pub mod proto;
 pub mod registry;
@@ -90,5 +96,5 @@ pub mod trace;
 
 pub use connector::StartError;
 pub use router::CallError;
-pub use tool::{BadToolSchema, Tool};
+pub use tool::{BadArguments, BadToolSchema, Content, Tool, ToolOutput};
 pub use tower::BoxError;

@@ -91,3 +91,153 @@ impl Tool {
         })
     }
 }
+
+/// What a tool call returns: content blocks and, optionally, structured
+/// content, in the shape of MCP's `CallToolResult` (camelCase JSON, blocks
+/// tagged by `type`).
+///
+/// A native extension's result is one text block. An MCP server's result
+/// keeps every block (text, image and audio with their MIME types,
+/// resource links and embedded resources) and its `structuredContent`.
+///
+/// # Example
+///
+/// ```
+/// use exthost::{Content, ToolOutput};
+///
+/// let out = ToolOutput::from_text("hello");
+/// assert_eq!(out.text(), "hello");
+/// assert_eq!(out.content, [Content::Text { text: "hello".into() }]);
+/// assert_eq!(
+///     serde_json::to_string(&out).unwrap(),
+///     r#"{"content":[{"type":"text","text":"hello"}]}"#
+/// );
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ToolOutput {
+    /// The content blocks, in order.
+    #[serde(default)]
+    pub content: Vec<Content>,
+    /// The tool's structured result (MCP's `structuredContent`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured_content: Option<serde_json::Value>,
+}
+
+impl ToolOutput {
+    /// One text block: what a native extension's result becomes.
+    pub fn from_text(text: impl Into<String>) -> Self {
+        ToolOutput {
+            content: vec![Content::Text { text: text.into() }],
+            structured_content: None,
+        }
+    }
+
+    /// An output of `content` blocks and `structured_content`.
+    pub fn new(content: Vec<Content>, structured_content: Option<serde_json::Value>) -> Self {
+        ToolOutput {
+            content,
+            structured_content,
+        }
+    }
+
+    /// The text blocks joined by newlines (the text of a native result as
+    /// is). Other blocks are left out; with no text block at all, the
+    /// structured content's JSON, if any, else the empty string.
+    pub fn text(&self) -> String {
+        let texts: Vec<&str> = self
+            .content
+            .iter()
+            .filter_map(|c| match c {
+                Content::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        match (texts.as_slice(), &self.structured_content) {
+            ([], Some(v)) => v.to_string(),
+            (texts, _) => texts.join("\n"),
+        }
+    }
+
+    /// Consumes the output into [`text`](Self::text),
+    /// without a copy for a single text block.
+    pub fn into_text(mut self) -> String {
+        if self.content.len() == 1 {
+            if let Content::Text { text } = &mut self.content[0] {
+                return std::mem::take(text);
+            }
+        }
+        self.text()
+    }
+}
+
+/// An output equals a string when it is exactly one text block with that
+/// text and no structured content: what a native result is.
+impl PartialEq<str> for ToolOutput {
+    fn eq(&self, other: &str) -> bool {
+        self.structured_content.is_none()
+            && matches!(self.content.as_slice(), [Content::Text { text }] if text == other)
+    }
+}
+
+impl PartialEq<&str> for ToolOutput {
+    fn eq(&self, other: &&str) -> bool {
+        self == *other
+    }
+}
+
+impl PartialEq<String> for ToolOutput {
+    fn eq(&self, other: &String) -> bool {
+        self == other.as_str()
+    }
+}
+
+/// One content block of a [`ToolOutput`], as MCP defines them (JSON tagged
+/// by `type`). Annotations and `_meta` are not kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Content {
+    /// Text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// An image.
+    Image {
+        /// The image, base64-encoded.
+        data: String,
+        /// Its MIME type, such as `image/png`.
+        #[serde(rename = "mimeType")]
+        mime_type: String,
+    },
+    /// Audio.
+    Audio {
+        /// The audio, base64-encoded.
+        data: String,
+        /// Its MIME type, such as `audio/wav`.
+        #[serde(rename = "mimeType")]
+        mime_type: String,
+    },
+    /// A link to a resource the server can read: MCP's `resource_link`,
+    /// its fields (`uri`, `name`, `mimeType`, ...) as JSON.
+    ResourceLink(serde_json::Map<String, serde_json::Value>),
+    /// A resource embedded in the result: MCP's `resource`, whose
+    /// `resource` field holds `uri` and `text` or `blob`.
+    Resource {
+        /// The resource's contents, as JSON.
+        resource: serde_json::Value,
+    },
+}
+
+/// Arguments a tool cannot take: for an MCP server, arguments that are not
+/// a JSON object. Refused before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tool `{tool}`: {problem}")]
+pub struct BadArguments {
+    /// The tool's name (as the service knows it).
+    pub tool: String,
+    /// What is wrong with them.
+    pub problem: String,
+}

@@ -163,3 +163,158 @@ fn broken_json_says_where() {
     assert!(text.contains("services.a.config"), "{text}");
     assert!(text.contains("column"), "{text}");
 }
+
+#[test]
+fn mcp_services_load_with_their_fields_and_defaults() {
+    let cfg = HostConfig::from_toml_str(
+        r#"
+        [services.gh]
+        kind = "mcp"
+        command = "npx"
+        args = ["-y", "@modelcontextprotocol/server-github"]
+        cwd = "/srv"
+        prefix = "gh_"
+        [services.remote]
+        kind = "mcp"
+        url = "https://example.com/mcp"
+        headers = { Authorization = "Bearer x" }
+        max_in_flight = 4
+        "#,
+    )
+    .unwrap();
+    let gh = &cfg.services["gh"];
+    assert_eq!(gh.kind, ServiceKind::Mcp);
+    assert_eq!(gh.args, ["-y", "@modelcontextprotocol/server-github"]);
+    assert_eq!(gh.prefix.as_deref(), Some("gh_"));
+    assert_eq!(
+        gh.max_in_flight(),
+        16,
+        "MCP services default to 16 in flight"
+    );
+    let remote = &cfg.services["remote"];
+    assert_eq!(remote.url.as_deref(), Some("https://example.com/mcp"));
+    assert_eq!(remote.headers["Authorization"], "Bearer x");
+    assert_eq!(remote.max_in_flight(), 4);
+    // Native extensions keep one in flight.
+    let native = HostConfig::from_toml_str("[services.n]\ncrate = \"x\"\n").unwrap();
+    assert_eq!(native.services["n"].max_in_flight(), 1);
+}
+
+#[test]
+fn an_mcp_service_needs_exactly_one_of_command_and_url() {
+    for (text, field) in [
+        (
+            "kind = \"mcp\"\ncommand = \"x\"\nurl = \"http://h/mcp\"",
+            "url",
+        ),
+        ("kind = \"mcp\"", "command"),
+        ("kind = \"mcp\"\nurl = \"ftp://h/mcp\"", "url"),
+        ("crate = \"x\"\nurl = \"http://h/mcp\"", "url"),
+    ] {
+        let err = HostConfig::from_toml_str(&format!("[services.svc]\n{text}\n")).unwrap_err();
+        match &err {
+            ConfigError::Invalid {
+                service, field: f, ..
+            } => {
+                assert_eq!(service, "svc", "{text}");
+                assert_eq!(*f, field, "{text}: {err}");
+            }
+            other => panic!("{text}: {other}"),
+        }
+    }
+}
+
+#[test]
+fn variables_expand_in_args_env_url_and_headers_and_an_unset_one_is_named() {
+    // PATH and HOME are set in any test environment; this one never is.
+    let path = std::env::var("PATH").unwrap();
+    let cfg = HostConfig::from_toml_str(
+        r#"
+        [services.s]
+        kind = "mcp"
+        url = "http://127.0.0.1/${EXTHOST_TEST_NEVER_SET:-mcp}"
+        headers = { X-Path = "${PATH}" }
+        [services.t]
+        kind = "mcp"
+        command = "x"
+        args = ["--path=${PATH}", "$PATH", "${EXTHOST_TEST_NEVER_SET:-dflt}"]
+        env = { P = "${PATH}" }
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.services["s"].url.as_deref(),
+        Some("http://127.0.0.1/mcp")
+    );
+    assert_eq!(cfg.services["s"].headers["X-Path"], path);
+    let t = &cfg.services["t"];
+    assert_eq!(
+        t.args,
+        [format!("--path={path}"), "$PATH".into(), "dflt".into()]
+    );
+    assert_eq!(t.env["P"], path);
+
+    let err = HostConfig::from_toml_str(
+        "[services.t]\nkind = \"mcp\"\ncommand = \"x\"\nenv = { TOKEN = \"${EXTHOST_TEST_NEVER_SET}\" }\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ConfigError::Variable { .. }), "{text}");
+    assert!(
+        text.contains("`t`")
+            && text.contains("env.TOKEN")
+            && text.contains("${EXTHOST_TEST_NEVER_SET}"),
+        "{text}"
+    );
+}
+
+#[test]
+fn mcp_client_files_are_read_as_mcp_services() {
+    let claude = HostConfig::from_json_str(
+        &json!({"mcpServers": {
+            "fs": {"command": "npx", "args": ["-y", "server-fs", "/tmp"], "env": {"A": "1"}, "autoApprove": []},
+            "web": {"type": "streamable-http", "url": "http://127.0.0.1:3000/mcp", "headers": {"X": "y"}},
+            "off": {"command": "x", "disabled": true}
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let fs = &claude.services["fs"];
+    assert_eq!(fs.kind, ServiceKind::Mcp);
+    assert_eq!(fs.command.as_deref(), Some(std::path::Path::new("npx")));
+    assert_eq!(fs.args, ["-y", "server-fs", "/tmp"]);
+    assert_eq!(fs.env["A"], "1");
+    assert_eq!(
+        claude.services["web"].url.as_deref(),
+        Some("http://127.0.0.1:3000/mcp")
+    );
+    assert!(!claude.services["off"].enabled);
+
+    for kind in [
+        "http",
+        "streamable-http",
+        "streamable_http",
+        "streamableHttp",
+    ] {
+        let vscode = HostConfig::from_json_str(
+            &json!({"servers": {"w": {"type": kind, "url": "https://h/mcp"}}}).to_string(),
+        )
+        .unwrap();
+        assert_eq!(vscode.services["w"].kind, ServiceKind::Mcp, "{kind}");
+    }
+    let stdio = HostConfig::from_json_str(
+        &json!({"servers": {"s": {"type": "stdio", "command": "srv"}}}).to_string(),
+    )
+    .unwrap();
+    assert!(stdio.services["s"].command.is_some());
+
+    let err = HostConfig::from_json_str(
+        &json!({"servers": {"legacy": {"type": "sse", "url": "http://h/sse"}}}).to_string(),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("legacy") && text.contains("\"sse\""),
+        "{text}"
+    );
+}

@@ -67,7 +67,7 @@ async fn pid_of(m: &ServiceManager) -> u32 {
         .oneshot(ToolCall::new("f_pid", "{}"))
         .await
         .unwrap();
-    pid.parse().unwrap()
+    pid.text().parse().unwrap()
 }
 
 #[tokio::test]
@@ -325,7 +325,7 @@ async fn a_failed_services_tools_go_to_the_next_service_and_come_back_with_it() 
         let router = m.router();
         async move {
             let pid = router.oneshot(ToolCall::new("pid", "{}")).await.unwrap();
-            pid.parse::<u32>().unwrap()
+            pid.text().parse::<u32>().unwrap()
         }
     };
     let (alpha, beta) = (

@@ -25,7 +25,7 @@ async fn pid(m: &ServiceManager) -> u32 {
         .oneshot(ToolCall::new("a_pid", "{}"))
         .await
         .unwrap();
-    pid.parse().unwrap()
+    pid.text().parse().unwrap()
 }
 
 #[tokio::test]

@@ -58,8 +58,7 @@ fn helper_pid(dir: &std::path::Path, name: &str) -> u32 {
 }
 
 async fn stop(started: &Started, grace: Duration) -> StopOutcome {
-    let conn = started.extension.as_ref().map(|e| &e.connection);
-    started.process.stop(conn, grace).await
+    started.stop(grace).await.expect("a spawned service")
 }
 
 #[tokio::test]
@@ -74,7 +73,7 @@ async fn spawned_mock_is_handshaken_called_and_stopped_gracefully() {
     let started = connector.start(Target::new("alpha", cfg)).await.unwrap();
     let ext = started.extension.as_ref().unwrap();
     assert_eq!(ext.info.tools[0].name, "m_echo");
-    let pid = started.process.pid();
+    let pid = started.process.as_ref().unwrap().pid();
     let resp = ext
         .service
         .clone()
@@ -86,7 +85,13 @@ async fn spawned_mock_is_handshaken_called_and_stopped_gracefully() {
     let services = dir.path().join("services");
     let mode = std::fs::metadata(&services).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "services folder must be private");
-    let socket = started.process.socket().unwrap().to_owned();
+    let socket = started
+        .process
+        .as_ref()
+        .unwrap()
+        .socket()
+        .unwrap()
+        .to_owned();
     assert!(socket.exists());
 
     let outcome = stop(&started, WAIT).await;
@@ -261,11 +266,11 @@ async fn extension_ignoring_shutdown_and_sigterm_is_killed_after_the_grace_perio
         .start(Target::new("stubborn", mock(&[("MOCK_MODE", "stubborn")])))
         .await
         .unwrap();
-    let pid = started.process.pid();
+    let pid = started.process.as_ref().unwrap().pid();
     let outcome = stop(&started, Duration::from_millis(300)).await;
     assert!(matches!(outcome, StopOutcome::Killed(_)), "{outcome:?}");
     assert!(!alive(pid));
-    let log = started.process.log_tail(5);
+    let log = started.process.as_ref().unwrap().log_tail(5);
     assert!(log.contains("got shutdown, staying alive anyway"), "{log}");
 }
 
@@ -335,7 +340,10 @@ async fn many_stubborn_extensions_stopped_together_are_all_killed() {
         ))
     });
     let started: Vec<_> = futures::future::try_join_all(starts).await.unwrap();
-    let pids: Vec<_> = started.iter().map(|s| s.process.pid()).collect();
+    let pids: Vec<_> = started
+        .iter()
+        .map(|s| s.process.as_ref().unwrap().pid())
+        .collect();
     let outcomes =
         futures::future::join_all(started.iter().map(|s| stop(s, Duration::from_millis(200))))
             .await;
@@ -357,14 +365,14 @@ fn host_process_entry() {
         let connector = Connector::new(paths(dir));
         for name in ["a", "b"] {
             let s = connector.start(Target::new(name, mock(&[]))).await.unwrap();
-            println!("{}", s.process.pid());
+            println!("{}", s.process.as_ref().unwrap().pid());
         }
         // One that forked a helper into its group: the helper must die too.
         let c = connector
             .start(Target::new("c", forking_mock(dir, "c")))
             .await
             .unwrap();
-        println!("{}", c.process.pid());
+        println!("{}", c.process.as_ref().unwrap().pid());
         println!("{}", helper_pid(dir, "c"));
         println!("ready");
         std::future::pending::<()>().await;
@@ -430,7 +438,7 @@ async fn a_graceful_stop_leaves_nothing_the_extension_forked() {
     let outcome = stop(&started, Duration::from_secs(2)).await;
     assert!(matches!(outcome, StopOutcome::Graceful(_)), "{outcome:?}");
     // The leader exited at `shutdown`; stop returns once its group is gone.
-    assert!(!alive(started.process.pid()));
+    assert!(!alive(started.process.as_ref().unwrap().pid()));
     assert!(!alive(helper), "the helper outlived a graceful stop");
 }
 
@@ -491,7 +499,12 @@ async fn gateway_is_spawned_with_daemon_and_config_and_the_environment() {
             daemon.display()
         )
     );
-    let outcome = started.process.stop(None, Duration::from_secs(2)).await;
+    let outcome = started
+        .process
+        .as_ref()
+        .unwrap()
+        .stop(None, Duration::from_secs(2))
+        .await;
     assert!(matches!(outcome, StopOutcome::Terminated(_)), "{outcome:?}");
 }
 
@@ -572,7 +585,7 @@ fn rust_log_host_entry() {
             ),
         ] {
             let started = connector.start(Target::new(name, cfg)).await.unwrap();
-            let status = started.process.exited().await;
+            let status = started.process.as_ref().unwrap().exited().await;
             assert!(status.success(), "{name}: {status}");
         }
     });

@@ -237,7 +237,7 @@ async fn injector(
                 let crash = ToolCall::new(format!("{name}_crash"), "{}");
                 match m.router().oneshot(crash).await {
                     Err(CallError::Timeout { .. }) => continue,
-                    Ok(text) => panic!("{name}_crash answered: {text}"),
+                    Ok(text) => panic!("{name}_crash answered: {text:?}"),
                     Err(_) => break,
                 }
             }

@@ -58,6 +58,19 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The MCP session could not be opened or its tools listed (or not
+    /// within `handshake_timeout`).
+    #[cfg(feature = "mcp")]
+    #[error("service `{service}`: {source}{}", tail(log_tail))]
+    Mcp {
+        /// The service.
+        service: String,
+        /// The cause.
+        #[source]
+        source: Box<crate::mcp::McpError>,
+        /// The end of its log file (stdio servers), else empty.
+        log_tail: String,
+    },
     /// The handshake failed.
     #[error("service `{service}`: handshake failed: {source}")]
     Handshake {
@@ -67,4 +80,14 @@ pub enum StartError {
         #[source]
         source: HandshakeError,
     },
+}
+
+/// `; last log lines:` and the lines, if there are any.
+#[cfg(feature = "mcp")]
+fn tail(log_tail: &str) -> String {
+    if log_tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; last log lines:\n{log_tail}")
+    }
 }

@@ -34,6 +34,8 @@
 //! ```
 
 mod error;
+#[cfg(feature = "mcp")]
+mod mcp;
 mod peer;
 
 pub use error::StartError;
@@ -86,26 +88,119 @@ impl Target {
 pub struct Started {
     /// The service name.
     pub name: String,
-    /// Its process.
-    pub process: ProcessHandle,
-    /// For extensions: the handshake's result and the request stack.
-    /// `None` for gateways, which are not handshaken.
+    /// Its process; `None` for a remote MCP server (`url`).
+    pub process: Option<ProcessHandle>,
+    /// For extensions and MCP servers: what they declared, the connection
+    /// and the request stack. `None` for gateways, which are not
+    /// handshaken.
     pub extension: Option<Connected>,
 }
 
-/// A handshaken extension connection.
+impl Started {
+    /// Its process id, if it has a process.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ProcessHandle::pid)
+    }
+
+    /// Stops it gracefully and leaves nothing of it: a native extension is
+    /// sent `shutdown`; an MCP server over stdio has its stdin closed; then
+    /// each gets `grace` to exit before SIGTERM to its process group,
+    /// `grace` again, and SIGKILL (see [`ProcessHandle::stop`]). A remote
+    /// MCP server's session is ended (`DELETE`). Returns how the process
+    /// ended, if there was one.
+    pub async fn stop(&self, grace: Duration) -> Option<process::StopOutcome> {
+        let link = self.extension.as_ref().map(|e| &e.link);
+        match (&self.process, link) {
+            (Some(process), Some(Link::Native(conn))) => {
+                Some(process.stop(Some(conn), grace).await)
+            }
+            #[cfg(feature = "mcp")]
+            (Some(process), Some(Link::Mcp(mcp))) => {
+                let ask = async {
+                    mcp.close(grace).await;
+                    let _ = process.exited().await;
+                };
+                Some(process.stop_asking(Some(ask), grace).await)
+            }
+            (Some(process), None) => Some(process.stop(None, grace).await),
+            #[cfg(feature = "mcp")]
+            (None, Some(Link::Mcp(mcp))) => {
+                mcp.close(grace).await;
+                None
+            }
+            (None, _) => None,
+        }
+    }
+
+    /// Stops what is left of an incarnation that has already ended (its
+    /// connection broke or its process exited): no request to exit, just
+    /// SIGTERM, `grace`, SIGKILL of what remains of its process group. Any
+    /// MCP session is closed too.
+    pub async fn stop_ended(&self, grace: Duration) -> Option<process::StopOutcome> {
+        #[cfg(feature = "mcp")]
+        if let Some(Link::Mcp(mcp)) = self.extension.as_ref().map(|e| &e.link) {
+            mcp.close(Duration::ZERO).await;
+        }
+        match &self.process {
+            Some(process) => Some(process.stop(None, grace).await),
+            None => None,
+        }
+    }
+
+    /// Kills its whole process group at once and removes its socket,
+    /// without waiting (for a host going away).
+    pub fn kill(&self) {
+        if let Some(process) = &self.process {
+            process.kill_group();
+            process.remove_socket();
+        }
+    }
+}
+
+/// A handshaken extension connection or MCP session.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Connected {
-    /// What the extension declared.
+    /// What the extension declared. For an MCP server: the server's name
+    /// and version from `initialize`, and its tools.
     pub info: ExtensionInfo,
     /// The connection itself, for what is not a request: whether it broke
-    /// ([`Connection::broken`]), its load, whether the extension echoes
-    /// correlation ids, and `shutdown`.
-    pub connection: Connection,
+    /// ([`Link::broken`]), its load, and stopping.
+    pub link: Link,
     /// Its per-extension stack: `Trace ▶ Timeout ▶ [the connector's layers]
     /// ▶ connection`.
     pub service: ExtensionService,
+}
+
+/// The connection under a service's stack, for what is not a request.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Link {
+    /// A native extension's connection.
+    Native(Connection),
+    /// An MCP session.
+    #[cfg(feature = "mcp")]
+    Mcp(crate::mcp::McpConnection),
+}
+
+impl Link {
+    /// Resolves when the connection breaks or the session ends, with why.
+    pub async fn broken(&self) -> crate::client::ConnectionError {
+        match self {
+            Link::Native(conn) => conn.broken().await,
+            #[cfg(feature = "mcp")]
+            Link::Mcp(mcp) => mcp.broken().await,
+        }
+    }
+
+    /// The native connection, if this is one.
+    pub fn native(&self) -> Option<&Connection> {
+        match self {
+            Link::Native(conn) => Some(conn),
+            #[cfg(feature = "mcp")]
+            Link::Mcp(_) => None,
+        }
+    }
 }
 
 /// Starts services: spawn, connect, check, handshake.
@@ -197,7 +292,7 @@ impl Connector {
         let service = stack.service(connection.clone());
         Ok(Connected {
             info,
-            connection,
+            link: Link::Native(connection),
             service,
         })
     }
@@ -239,21 +334,54 @@ impl Connector {
         }
     }
 
-    /// The first half of [`start`](Self::start): spawns the process.
+    /// The first half of [`start`](Self::start): spawns the process (for
+    /// a remote MCP server, nothing).
     pub fn spawn(&self, target: Target) -> Result<Spawned, StartError> {
-        let process = if target.config.kind == ServiceKind::Extension {
-            let mut paths = (*self.paths).clone();
-            paths.services_dir = self
-                .services_dir()
-                .map_err(|e| with_service(e, &target.name))?
-                .to_owned();
-            process::spawn(&target.name, &target.config, &paths)?
-        } else {
-            process::spawn(&target.name, &target.config, &self.paths)?
+        let (process, pipes) = match target.config.kind {
+            ServiceKind::Extension => {
+                let mut paths = (*self.paths).clone();
+                paths.services_dir = self
+                    .services_dir()
+                    .map_err(|e| with_service(e, &target.name))?
+                    .to_owned();
+                (
+                    Some(process::spawn(&target.name, &target.config, &paths)?),
+                    None,
+                )
+            }
+            ServiceKind::Gateway => (
+                Some(process::spawn(&target.name, &target.config, &self.paths)?),
+                None,
+            ),
+            #[cfg(feature = "mcp")]
+            ServiceKind::Mcp => {
+                target
+                    .config
+                    .validate(&target.name)
+                    .map_err(SpawnError::Config)?;
+                if target.config.command.is_some() {
+                    let (process, stdin, stdout) =
+                        process::spawn_stdio(&target.name, &target.config, &self.paths)?;
+                    (Some(process), Some((stdin, stdout)))
+                } else {
+                    (None, None)
+                }
+            }
+            #[cfg(not(feature = "mcp"))]
+            ServiceKind::Mcp => {
+                return Err(SpawnError::Config(crate::config::ConfigError::Invalid {
+                    service: target.name.clone(),
+                    field: "kind",
+                    problem: "is \"mcp\", and this exthost was built without the `mcp` feature"
+                        .to_owned(),
+                })
+                .into())
+            }
         };
         Ok(Spawned {
             target,
             process,
+            pipes,
             connector: self.clone(),
         })
     }
@@ -284,42 +412,68 @@ fn with_service(e: SpawnError, name: &str) -> SpawnError {
 #[derive(Debug)]
 pub struct Spawned {
     target: Target,
-    process: ProcessHandle,
+    process: Option<ProcessHandle>,
+    /// An MCP server's stdin and stdout.
+    #[cfg_attr(not(feature = "mcp"), allow(dead_code))]
+    pipes: Option<(tokio::process::ChildStdin, tokio::process::ChildStdout)>,
     connector: Connector,
 }
 
 impl Spawned {
-    /// Its process.
-    pub fn process(&self) -> &ProcessHandle {
-        &self.process
+    /// Its process (`None` for a remote MCP server).
+    pub fn process(&self) -> Option<&ProcessHandle> {
+        self.process.as_ref()
     }
 
     /// The second half of [`Connector::start`]: waits for the socket,
-    /// checks the peer and runs the handshake (extensions only). On failure
-    /// the process is stopped.
+    /// checks the peer and runs the handshake (extensions), or opens the
+    /// MCP session and lists its tools (MCP servers). On failure the
+    /// process is stopped.
     pub async fn ready(self) -> Result<Started, StartError> {
         let Spawned {
             target: Target { name, config },
             process,
+            pipes,
             connector,
         } = self;
-        if config.kind == ServiceKind::Gateway {
-            return Ok(Started {
+        match config.kind {
+            ServiceKind::Gateway => Ok(Started {
                 name,
                 process,
                 extension: None,
-            });
-        }
-        match connect_and_handshake(&connector, &name, &config, &process).await {
-            Ok(connected) => Ok(Started {
-                name,
-                process,
-                extension: Some(connected),
             }),
-            Err(e) => {
-                // Leave nothing behind.
-                process.stop(None, Duration::ZERO).await;
-                Err(e)
+            #[cfg(feature = "mcp")]
+            ServiceKind::Mcp => {
+                let result = mcp::ready(&connector, &name, &config, process.as_ref(), pipes).await;
+                match result {
+                    Ok(connected) => Ok(Started {
+                        name,
+                        process,
+                        extension: Some(connected),
+                    }),
+                    Err(e) => {
+                        if let Some(process) = &process {
+                            process.stop(None, Duration::ZERO).await;
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            _ => {
+                let _ = pipes;
+                let process = process.expect("extensions have a process");
+                match connect_and_handshake(&connector, &name, &config, &process).await {
+                    Ok(connected) => Ok(Started {
+                        name,
+                        process: Some(process),
+                        extension: Some(connected),
+                    }),
+                    Err(e) => {
+                        // Leave nothing behind.
+                        process.stop(None, Duration::ZERO).await;
+                        Err(e)
+                    }
+                }
             }
         }
     }

@@ -109,7 +109,7 @@ impl ServiceManager {
     ) -> Option<String> {
         let call = ToolCall::new(name, args).agent(agent).task_id(task_id);
         match self.router().oneshot(call).await {
-            Ok(result) => Some(result),
+            Ok(result) => Some(result.into_text()),
             Err(CallError::UnknownTool { .. }) => None,
             Err(CallError::Timeout { service, .. }) => Some(format!("service timeout: {service}")),
             Err(e) => Some(e.to_string()),

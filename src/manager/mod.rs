@@ -45,7 +45,7 @@
 //!     println!("{}: {} ({})", t.service, t.tool.name, t.tool.description);
 //! }
 //! let answer = manager.router().oneshot(ToolCall::new("search", r#"{"q":"tower"}"#)).await?;
-//! println!("{answer}");
+//! println!("{}", answer.text());
 //! manager.shutdown_all().await;
 //! # Ok(()) }
 //! ```
@@ -115,8 +115,7 @@ impl Services {
             Err(stale) => {
                 tracing::warn!(service = %slot.name, "a newer start won; stopping the older one");
                 tokio::spawn(async move {
-                    let conn = stale.extension.as_ref().map(|e| &e.connection);
-                    stale.process.stop(conn, Duration::ZERO).await;
+                    stale.stop(Duration::ZERO).await;
                 });
             }
         }
@@ -225,8 +224,7 @@ impl Drop for Inner {
         self.services.shutdown.cancel();
         for slot in self.services.slots.values() {
             if let Some(started) = slot.take(Some(Unavailable::ShuttingDown)) {
-                started.process.kill_group();
-                started.process.remove_socket();
+                started.kill();
             }
         }
     }
@@ -478,8 +476,7 @@ impl ServiceManager {
             let started = slot.take(Some(Unavailable::ShuttingDown))?;
             let grace = slot.config.shutdown_grace();
             Some(async move {
-                let conn = started.extension.as_ref().map(|e| &e.connection);
-                let outcome = started.process.stop(conn, grace).await;
+                let outcome = started.stop(grace).await;
                 slot.set_status(|s| {
                     s.state = ServiceState::Stopped;
                     s.pid = None;
@@ -490,6 +487,7 @@ impl ServiceManager {
         futures_util::future::join_all(stops)
             .await
             .into_iter()
+            .filter_map(|(name, outcome)| Some((name, outcome?)))
             .collect()
     }
 }

@@ -46,7 +46,10 @@ impl Slot {
             error: None,
             tools_left_out: Vec::new(),
         });
-        let endpoint = Endpoint::new(name.as_str()).with_max_queued(config.max_queued);
+        let endpoint = Endpoint::new(name.as_str())
+            .with_max_queued(config.max_queued)
+            .with_kind(config.kind)
+            .with_prefix(config.prefix.as_deref());
         let (control, commands) = mpsc::unbounded_channel();
         Slot {
             name,
@@ -89,13 +92,13 @@ impl Slot {
         }
         live.generation = generation;
         let (tools, query) = match &started.extension {
-            Some(ext) => (ext.info.tools.clone(), ext.info.has_query()),
+            Some(ext) => (self.routed(ext.info.tools.clone()), ext.info.has_query()),
             None => (Vec::new(), false),
         };
         let changed = tools != live.tools;
         live.tools = tools;
         live.query = query;
-        let pid = started.process.pid();
+        let pid = started.pid();
         if let Some(ext) = &started.extension {
             self.endpoint.set_ready(ext.service.clone());
         }
@@ -103,10 +106,35 @@ impl Slot {
         drop(live);
         self.set_status(|s| {
             s.state = ServiceState::Ready;
-            s.pid = Some(pid);
+            s.pid = pid;
             s.error = None;
         });
         Ok(changed)
+    }
+
+    /// `tools` under the names the router gives them: with the service's
+    /// `prefix`, if any.
+    fn routed(&self, mut tools: Vec<Tool>) -> Vec<Tool> {
+        if let Some(prefix) = self.endpoint.prefix() {
+            for tool in &mut tools {
+                tool.name.insert_str(0, prefix);
+            }
+        }
+        tools
+    }
+
+    /// Replaces the tools of generation `generation` with a fresh list
+    /// (an MCP server's, after it said its list changed), unless a newer
+    /// generation has begun. Returns whether anything changed.
+    #[cfg_attr(not(feature = "mcp"), allow(dead_code))]
+    pub(crate) fn update_tools(&self, generation: u64, tools: Vec<Tool>) -> bool {
+        let tools = self.routed(tools);
+        let mut live = self.live.write().expect("slot lock poisoned");
+        if generation != live.generation || live.started.is_none() || live.tools == tools {
+            return false;
+        }
+        live.tools = tools;
+        true
     }
 
     /// Takes the current incarnation out: calls fail at once from now on,
@@ -161,7 +189,7 @@ mod tests {
         let paths = Paths::under(dir, dir.join("d.sock"));
         Started {
             name: name.to_owned(),
-            process: process::spawn(name, &cfg, &paths).unwrap(),
+            process: Some(process::spawn(name, &cfg, &paths).unwrap()),
             extension: None,
         }
     }
@@ -173,14 +201,14 @@ mod tests {
         let old = slot.next_generation();
         let new = slot.next_generation();
         let newer = started(dir.path(), "svc");
-        let newer_pid = newer.process.pid();
+        let newer_pid = newer.pid();
         assert!(slot.install(new, newer).is_ok());
         // The older, slower start finishes last: it is refused.
         let stale = started(dir.path(), "svc");
-        let stale_pid = stale.process.pid();
+        let stale_pid = stale.pid();
         let refused = slot.install(old, stale).unwrap_err();
-        assert_eq!(refused.process.pid(), stale_pid);
-        assert_eq!(slot.started().unwrap().process.pid(), newer_pid);
-        assert_eq!(slot.status().pid, Some(newer_pid));
+        assert_eq!(refused.pid(), stale_pid);
+        assert_eq!(slot.started().unwrap().pid(), newer_pid);
+        assert_eq!(slot.status().pid, newer_pid);
     }
 }

@@ -53,13 +53,61 @@ impl RestartLimits {
 async fn incarnation_ends(started: &Started) -> DownReason {
     let lost = async {
         match &started.extension {
-            Some(ext) => ext.connection.broken().await,
+            Some(ext) => ext.link.broken().await,
             None => std::future::pending().await,
         }
     };
     tokio::select! {
-        status = started.process.exited() => DownReason::Exited(status),
+        status = exited(started) => DownReason::Exited(status),
         e = lost => DownReason::ConnectionLost(e),
+    }
+}
+
+/// For an MCP server: re-lists its tools each time it says its list
+/// changed, and swaps its routes, for as long as this incarnation's
+/// session lasts. Lists are taken one at a time, so a slow list never
+/// overwrites a newer one; a list from an older incarnation is ignored.
+fn follow_tool_list(shared: &Arc<Services>, slot: &Arc<Slot>, generation: u64, started: &Started) {
+    #[cfg(feature = "mcp")]
+    if let Some(crate::connector::Link::Mcp(mcp)) = started.extension.as_ref().map(|e| &e.link) {
+        let (shared, slot, mcp) = (shared.clone(), slot.clone(), mcp.clone());
+        // A change announced since the session opened is listed at once.
+        let mut changed = mcp.tools_changed();
+        let limit = slot.config.handshake_timeout();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { return },
+                    _ = mcp.broken() => return,
+                    _ = shared.shutdown.cancelled() => return,
+                }
+                changed.mark_unchanged();
+                match tokio::time::timeout(limit, mcp.list_tools()).await {
+                    Ok(Ok(tools)) => {
+                        tracing::info!(service = %slot.name, tools = tools.len(), "the server's tool list changed");
+                        if slot.update_tools(generation, tools) {
+                            shared.rebuild_table();
+                        }
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(service = %slot.name, %error, "could not list the changed tools; keeping the old list")
+                    }
+                    Err(_) => {
+                        tracing::warn!(service = %slot.name, after = ?limit, "listing the changed tools timed out; keeping the old list")
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(feature = "mcp"))]
+    let _ = (shared, slot, generation, started);
+}
+
+/// Resolves when the incarnation's process exits (never, without one).
+async fn exited(started: &Started) -> std::process::ExitStatus {
+    match &started.process {
+        Some(p) => p.exited().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -71,11 +119,11 @@ async fn settle(started: &Started, cause: DownReason, grace: Duration) -> DownRe
         // prefer the exit status when it follows. A protocol violation is
         // the cause whatever the exit after we reset the connection.
         DownReason::ConnectionLost(lost) if !lost.is_protocol_violation() => {
-            match started
-                .process
-                .exited_within(crate::process::EXIT_AFTER_CLOSE)
-                .await
-            {
+            let exited = match &started.process {
+                Some(p) => p.exited_within(crate::process::EXIT_AFTER_CLOSE).await,
+                None => None,
+            };
+            match exited {
                 Some(status) => DownReason::Exited(status),
                 None => DownReason::ConnectionLost(lost),
             }
@@ -88,7 +136,7 @@ async fn settle(started: &Started, cause: DownReason, grace: Duration) -> DownRe
         DownReason::Exited(_) => grace,
         _ => Duration::ZERO,
     };
-    started.process.stop(None, grace).await;
+    started.stop_ended(grace).await;
     cause
 }
 
@@ -149,11 +197,7 @@ enum Next {
 /// Stops a running incarnation at an operator's request.
 async fn stop_running(shared: &Services, slot: &Slot, started: Started) {
     slot.take(None);
-    let conn = started.extension.as_ref().map(|e| &e.connection);
-    started
-        .process
-        .stop(conn, slot.config.shutdown_grace())
-        .await;
+    started.stop(slot.config.shutdown_grace()).await;
     shared.set_status(slot, |s| {
         s.state = ServiceState::Stopped;
         s.pid = None;
@@ -169,19 +213,20 @@ async fn ready_unless_shutdown(
     slot: &Slot,
     spawned: Spawned,
 ) -> Result<Option<Started>, StartError> {
-    let process = spawned.process().clone();
+    let process = spawned.process().cloned();
     let grace = slot.config.shutdown_grace();
     tokio::select! {
         biased;
         _ = shared.shutdown.cancelled() => {
-            process.stop(None, grace).await;
+            if let Some(process) = process {
+                process.stop(None, grace).await;
+            }
             Ok(None)
         }
         started = spawned.ready() => {
             let started = started?;
             if shared.shutdown.is_cancelled() {
-                let conn = started.extension.as_ref().map(|e| &e.connection);
-                started.process.stop(conn, grace).await;
+                started.stop(grace).await;
                 return Ok(None);
             }
             Ok(Some(started))
@@ -212,7 +257,8 @@ pub(crate) async fn supervise(
             return;
         }
         Ok(Some(started)) => {
-            shared.install(&slot, generation, started);
+            shared.install(&slot, generation, started.clone());
+            follow_tool_list(&shared, &slot, generation, &started);
             let _ = settled.send(Ok(()));
             Next::Watch
         }
@@ -382,7 +428,8 @@ pub(crate) async fn supervise(
                 match result {
                     Ok(None) => return,
                     Ok(Some(started)) => {
-                        shared.install(&slot, generation, started);
+                        shared.install(&slot, generation, started.clone());
+                        follow_tool_list(&shared, &slot, generation, &started);
                         Next::Watch
                     }
                     Err(e) => Next::Decide(DownReason::StartFailed(Arc::new(e))),

@@ -260,21 +260,45 @@ impl ProcessHandle {
     /// gets SIGTERM, `grace`, SIGKILL, until none of it lives. Always reaps
     /// the child and removes its socket.
     pub async fn stop(&self, connection: Option<&Connection>, grace: Duration) -> StopOutcome {
-        let outcome = self.stop_inner(connection, grace).await;
+        match connection {
+            Some(connection) => {
+                let ask = async {
+                    let _ = connection.shutdown().await;
+                };
+                self.stop_asking(Some(ask), grace).await
+            }
+            None => {
+                self.stop_asking(None::<std::future::Ready<()>>, grace)
+                    .await
+            }
+        }
+    }
+
+    /// [`stop`](Self::stop) with any way of asking the process to exit:
+    /// `ask` runs (bounded by `grace`), then the process gets the rest of
+    /// `grace` to exit before SIGTERM. For an MCP server over stdio, `ask`
+    /// closes its stdin.
+    pub async fn stop_asking<F>(&self, ask: Option<F>, grace: Duration) -> StopOutcome
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let outcome = self.stop_inner(ask, grace).await;
         self.end_group(grace).await;
         self.remove_socket();
         tracing::info!(service = %self.name(), pid = self.pid(), ?outcome, "extension stopped");
         outcome
     }
 
-    async fn stop_inner(&self, connection: Option<&Connection>, grace: Duration) -> StopOutcome {
+    async fn stop_inner<F>(&self, ask: Option<F>, grace: Duration) -> StopOutcome
+    where
+        F: std::future::Future<Output = ()>,
+    {
         if let Some(status) = self.exit_status() {
             return StopOutcome::AlreadyExited(status);
         }
         let deadline = tokio::time::Instant::now() + grace;
-        if let Some(connection) = connection {
-            let send = connection.shutdown();
-            let _ = tokio::time::timeout_at(deadline, send).await;
+        if let Some(ask) = ask {
+            let _ = tokio::time::timeout_at(deadline, ask).await;
             let exited = tokio::time::timeout_at(deadline, self.exited()).await;
             if let Ok(status) = exited {
                 return StopOutcome::Graceful(status);

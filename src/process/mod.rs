@@ -58,7 +58,7 @@ pub use error::SpawnError;
 pub use handle::{ProcessHandle, StopOutcome};
 pub use log::{rotated, LogFile};
 pub use paths::{check_socket_path, prepare_private_dir, Paths, MAX_SOCKET_PATH};
-pub use spawn::{spawn, spawn_command};
+pub use spawn::{spawn, spawn_command, spawn_stdio};
 
 pub(crate) use claim::Claim;
 pub(crate) use handle::EXIT_AFTER_CLOSE;

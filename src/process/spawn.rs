@@ -28,14 +28,58 @@ pub fn spawn(
     config: &ServiceConfig,
     paths: &Paths,
 ) -> Result<ProcessHandle, SpawnError> {
+    if config.kind == ServiceKind::Mcp {
+        return Err(SpawnError::Config(crate::config::ConfigError::Invalid {
+            service: name.to_owned(),
+            field: "kind",
+            problem: "is \"mcp\": an MCP server is started with `spawn_stdio`".to_owned(),
+        }));
+    }
+    let (cmd, socket, log) = prepare(name, config, paths)?;
+    spawn_logged(name, cmd, socket, &log, false).map(|(handle, _)| handle)
+}
+
+/// Spawns the MCP server of service `name` (`kind = "mcp"` with a
+/// `command`): `command` and `args` exactly as given, with its stdin and
+/// stdout piped to the host (the protocol) and its stderr appended to its
+/// log file, otherwise treated like [`spawn`] (own process group, killed
+/// with the host, environment, `cwd`). Returns the process and its stdin
+/// and stdout.
+pub fn spawn_stdio(
+    name: &str,
+    config: &ServiceConfig,
+    paths: &Paths,
+) -> Result<
+    (
+        ProcessHandle,
+        tokio::process::ChildStdin,
+        tokio::process::ChildStdout,
+    ),
+    SpawnError,
+> {
+    let (cmd, socket, log) = prepare(name, config, paths)?;
+    let (handle, pipes) = spawn_logged(name, cmd, socket, &log, true)?;
+    let (stdin, stdout) = pipes.expect("piped stdio was asked for");
+    Ok((handle, stdin, stdout))
+}
+
+/// The command line, socket and log file of service `name`.
+fn prepare(
+    name: &str,
+    config: &ServiceConfig,
+    paths: &Paths,
+) -> Result<(tokio::process::Command, Option<PathBuf>, LogFile), SpawnError> {
     config.validate(name).map_err(SpawnError::Config)?;
     let binary = resolve_binary(name, config)?;
     let io_err = |what| io_error(name, what);
     prepare_private_dir(&paths.logs_dir).map_err(io_err("create the logs folder"))?;
 
     let mut cmd = tokio::process::Command::new(&binary);
-    cmd.arg("serve");
+    if config.kind != ServiceKind::Mcp {
+        cmd.arg("serve");
+    }
     let socket = match config.kind {
+        ServiceKind::Mcp => None,
         ServiceKind::Extension => {
             let socket = paths.socket(name);
             check_socket_path(&socket)?;
@@ -71,7 +115,7 @@ pub fn spawn(
         max_bytes: config.log_max_bytes(),
         keep: config.log_keep(),
     };
-    spawn_logged(name, cmd, socket, &log)
+    Ok((cmd, socket, log))
 }
 
 /// Spawns a prepared command as extension `name`, with the same treatment
@@ -88,15 +132,21 @@ pub fn spawn_command(
     socket: Option<PathBuf>,
     log: &Path,
 ) -> Result<ProcessHandle, SpawnError> {
-    spawn_logged(name, cmd, socket, &LogFile::new(log))
+    spawn_logged(name, cmd, socket, &LogFile::new(log), false).map(|(handle, _)| handle)
 }
 
+/// The stdin and stdout of a child spawned with piped stdio.
+type Pipes = (tokio::process::ChildStdin, tokio::process::ChildStdout);
+
+/// Spawns `cmd` with its output appended to `log`: stdout and stderr, or
+/// with `stdio`, stderr only, stdin and stdout being piped to the host.
 fn spawn_logged(
     name: &str,
     mut cmd: tokio::process::Command,
     socket: Option<PathBuf>,
     log: &LogFile,
-) -> Result<ProcessHandle, SpawnError> {
+    stdio: bool,
+) -> Result<(ProcessHandle, Option<Pipes>), SpawnError> {
     let io_err = |what| io_error(name, what);
     let program = PathBuf::from(cmd.as_std().get_program());
     let header = format!("{}{name}: {}", super::log::HEADER_PREFIX, program.display());
@@ -105,15 +155,19 @@ fn spawn_logged(
         .child
         .try_clone()
         .map_err(io_err("open the log file"))?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(output))
-        .stderr(Stdio::from(
-            pipe.child
-                .try_clone()
-                .map_err(io_err("open the log file"))?,
-        ))
-        .process_group(0)
-        .kill_on_drop(true);
+    if stdio {
+        drop(output);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    } else {
+        cmd.stdin(Stdio::null()).stdout(Stdio::from(output));
+    }
+    cmd.stderr(Stdio::from(
+        pipe.child
+            .try_clone()
+            .map_err(io_err("open the log file"))?,
+    ))
+    .process_group(0)
+    .kill_on_drop(true);
     sys::kill_with_parent(&mut cmd);
 
     let spawned = cmd.spawn();
@@ -125,6 +179,13 @@ fn spawn_logged(
         binary: program.clone(),
         source,
     })?;
+    let pipes = if stdio {
+        let stdin = child.stdin.take().expect("stdin was piped");
+        let stdout = child.stdout.take().expect("stdout was piped");
+        Some((stdin, stdout))
+    } else {
+        None
+    };
     let drained = pipe.drain().map_err(io_err("read the process's output"))?;
     let log = &log.path;
     let pid = child.id().expect("a just-spawned child has a pid");
@@ -150,7 +211,10 @@ fn spawn_logged(
         }
         super::watchdog::unwatch(pid);
     });
-    Ok(ProcessHandle::new(name, pid, socket, log, rx, drained))
+    Ok((
+        ProcessHandle::new(name, pid, socket, log, rx, drained),
+        pipes,
+    ))
 }
 
 /// Wraps an i/o error of `service` while it did `what`.

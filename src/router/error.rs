@@ -66,6 +66,16 @@ pub enum CallError {
         /// The frame limit, in bytes.
         max: usize,
     },
+    /// The arguments cannot be sent to the tool (for an MCP server: they
+    /// are not a JSON object). Nothing was sent.
+    #[error("bad arguments for {service}: {source}")]
+    BadArguments {
+        /// The service.
+        service: String,
+        /// What is wrong.
+        #[source]
+        source: crate::tool::BadArguments,
+    },
     /// The extension is not running, crashed, or is restarting.
     #[error("service unavailable: {service} ({cause})")]
     Unavailable {
@@ -143,7 +153,7 @@ fn describe(state: ServiceState, reason: Option<&DownReason>) -> String {
 
 impl CallError {
     /// The error's stable name: `unknown_tool`, `unknown_service`,
-    /// `timeout`, `overloaded`, `too_large`, `unavailable`, `extension`,
+    /// `timeout`, `overloaded`, `too_large`, `bad_arguments`, `unavailable`, `extension`,
     /// `protocol` or `layer`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -152,6 +162,7 @@ impl CallError {
             CallError::Timeout { .. } => "timeout",
             CallError::Overloaded { .. } => "overloaded",
             CallError::TooLarge { .. } => "too_large",
+            CallError::BadArguments { .. } => "bad_arguments",
             CallError::Unavailable { .. } => "unavailable",
             CallError::Extension { .. } => "extension",
             CallError::Protocol { .. } => "protocol",
@@ -167,7 +178,8 @@ impl CallError {
             CallError::UnknownTool { .. }
             | CallError::UnknownService { .. }
             | CallError::Overloaded { .. }
-            | CallError::TooLarge { .. } => true,
+            | CallError::TooLarge { .. }
+            | CallError::BadArguments { .. } => true,
             CallError::Unavailable { delivered, .. } => !delivered,
             CallError::Timeout { .. }
             | CallError::Extension { .. }
@@ -184,6 +196,7 @@ impl CallError {
             | CallError::Timeout { service, .. }
             | CallError::Overloaded { service, .. }
             | CallError::TooLarge { service, .. }
+            | CallError::BadArguments { service, .. }
             | CallError::Unavailable { service, .. }
             | CallError::Extension { service, .. }
             | CallError::Protocol { service, .. }
@@ -222,6 +235,15 @@ impl CallError {
                         cause: Unavailable::Connection(conn),
                         delivered: sent,
                     },
+                }
+            }
+            Err(e) => e,
+        };
+        let e = match e.downcast::<crate::tool::BadArguments>() {
+            Ok(bad) => {
+                return CallError::BadArguments {
+                    service,
+                    source: *bad,
                 }
             }
             Err(e) => e,

@@ -53,7 +53,7 @@
 //! let router = Router::new();
 //! router.install(RoutingTable::build([(&endpoint, &tools[..])]));
 //! let answer = router.clone().oneshot(ToolCall::new("upper", "hi")).await?;
-//! assert_eq!(answer, "HI");
+//! assert_eq!(answer.text(), "HI");
 //! let err = router.oneshot(ToolCall::new("lower", "hi")).await.unwrap_err();
 //! assert!(matches!(err, exthost::CallError::UnknownTool { .. }));
 //! # Ok(()) }
@@ -76,6 +76,7 @@ use tower::Service;
 
 use crate::proto::{ext_response::Msg, ExtRequest, RequestKind};
 use crate::registry::{Conflict, RegisteredTool};
+use crate::tool::ToolOutput;
 
 /// A tool call: name, JSON arguments, the calling agent, an optional task.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -234,17 +235,18 @@ async fn route_when_settled(
     }
 }
 
-async fn call_tool(endpoint: Arc<Endpoint>, call: ToolCall) -> Result<String, CallError> {
-    let req = ExtRequest::tool_call_full(call.name, call.args, call.agent, call.task_id);
+async fn call_tool(endpoint: Arc<Endpoint>, call: ToolCall) -> Result<ToolOutput, CallError> {
+    let name = endpoint.service_tool_name(&call.name).to_owned();
+    let req = ExtRequest::tool_call_full(name, call.args, call.agent, call.task_id);
     match endpoint.request(req).await? {
-        Msg::ToolResult(r) => Ok(r.result),
+        Msg::ToolResult(r) => Ok(endpoint.output(r.result)),
         other => Err(endpoint.unexpected(RequestKind::ToolCall, kind_of(other))),
     }
 }
 
 /// The future of a [`Router`] call.
 pub struct ResponseFuture {
-    inner: Pin<Box<dyn Future<Output = Result<String, CallError>> + Send>>,
+    inner: Pin<Box<dyn Future<Output = Result<ToolOutput, CallError>> + Send>>,
 }
 
 impl fmt::Debug for ResponseFuture {
@@ -254,7 +256,7 @@ impl fmt::Debug for ResponseFuture {
 }
 
 impl Future for ResponseFuture {
-    type Output = Result<String, CallError>;
+    type Output = Result<ToolOutput, CallError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)
@@ -262,7 +264,7 @@ impl Future for ResponseFuture {
 }
 
 impl Service<ToolCall> for Router {
-    type Response = String;
+    type Response = ToolOutput;
     type Error = CallError;
     type Future = ResponseFuture;
 

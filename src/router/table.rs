@@ -11,13 +11,14 @@ use tower::Service;
 
 use super::error::{CallError, Unavailable};
 use crate::client::ConnectionError;
+use crate::config::ServiceKind;
 use crate::proto::{ext_response::Msg, ExtRequest, ResponseKind};
 use crate::registry::{
     check_tool_name, Conflict, LeftOut, LeftOutReason, RegisteredTool, ToolNames,
 };
 use crate::stack::ExtensionService;
 use crate::status::ServiceState;
-use crate::tool::Tool;
+use crate::tool::{Tool, ToolOutput};
 
 /// One service as the router sees it: its current request stack, or why
 /// it has none, and how many calls may wait for it.
@@ -32,6 +33,8 @@ pub struct Endpoint {
     state: RwLock<Result<ExtensionService, Unavailable>>,
     max_queued: Option<usize>,
     waiting: AtomicUsize,
+    kind: ServiceKind,
+    prefix: Option<Arc<str>>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -56,6 +59,51 @@ impl Endpoint {
             })),
             max_queued: None,
             waiting: AtomicUsize::new(0),
+            kind: ServiceKind::Extension,
+            prefix: None,
+        }
+    }
+
+    /// What kind of service answers, which says how its tool results read:
+    /// a native extension's result is one text block; an MCP server's is
+    /// the `CallToolResult` JSON its [`McpConnection`](crate::mcp::McpConnection)
+    /// answers with (content blocks and structured content).
+    pub fn with_kind(mut self, kind: ServiceKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The service's tools are routed under `prefix` + their own name; the
+    /// service receives its own name (see [`service_tool_name`](Self::service_tool_name)).
+    pub fn with_prefix(mut self, prefix: Option<&str>) -> Self {
+        self.prefix = prefix.filter(|p| !p.is_empty()).map(Arc::from);
+        self
+    }
+
+    /// The prefix of the service's tool names, if any.
+    pub fn prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
+    }
+
+    /// The name the service knows a routed tool by: `routed` without the
+    /// prefix.
+    pub fn service_tool_name<'a>(&self, routed: &'a str) -> &'a str {
+        match &self.prefix {
+            Some(p) => routed.strip_prefix(&**p).unwrap_or(routed),
+            None => routed,
+        }
+    }
+
+    /// Reads a `tool_result`'s text as the service's kind says (see
+    /// [`with_kind`](Self::with_kind)). An MCP result that does not parse
+    /// (a user layer rewrote it) is kept as one text block.
+    pub fn output(&self, result: String) -> ToolOutput {
+        match self.kind {
+            ServiceKind::Mcp => match serde_json::from_str(&result) {
+                Ok(output) => output,
+                Err(_) => ToolOutput::from_text(result),
+            },
+            _ => ToolOutput::from_text(result),
         }
     }
 

@@ -249,6 +249,27 @@ impl StackBuilder {
         }
     }
 
+    /// The stack over any `Service<ExtRequest>` (an
+    /// [`McpConnection`](crate::mcp::McpConnection), a test double):
+    /// `Trace ▶ Timeout ▶ [your layers] ▶ inner`.
+    pub fn wrap<S>(&self, inner: S) -> ExtensionService
+    where
+        S: Service<ExtRequest, Response = ExtResponse, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let outer = ExtensionLayer::new(self.service.clone(), self.timeout);
+        match &self.layers {
+            None => BoxCloneSyncService::new(outer.layer(inner)),
+            Some(layers) => {
+                BoxCloneSyncService::new(outer.layer(layers.layer(BoxCloneSyncService::new(inner))))
+            }
+        }
+    }
+
     /// The whole stack over `io`. Must be called inside a tokio runtime.
     pub fn build<T>(&self, io: T) -> ExtensionService
     where

@@ -337,4 +337,5 @@ pub async fn call(m: &ServiceManager, tool: &str, args: &str) -> Result<String, 
     tokio::time::timeout(WAIT, m.router().oneshot(ToolCall::new(tool, args)))
         .await
         .unwrap_or_else(|_| panic!("a call of {tool} hung"))
+        .map(::exthost::ToolOutput::into_text)
 }

@@ -68,6 +68,10 @@ enum Command {
         /// A deadline for the call, such as 500ms or 10s.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
+        /// Print the whole tool output as JSON: {"content": [blocks],
+        /// "structuredContent": ...}, as MCP's CallToolResult.
+        #[arg(long)]
+        json: bool,
     },
     /// Start and supervise every service, then serve JSON-lines requests on
     /// stdin, answering on stdout.
@@ -154,9 +158,10 @@ fn main() -> ExitCode {
                 agent,
                 task_id,
                 timeout,
+                json,
             } => {
                 let call = ToolCall::new(tool, args).agent(agent).task_id(task_id);
-                call_one(&config, call, timeout, signals).await
+                call_one(&config, call, timeout, json, signals).await
             }
             Command::Run {
                 config,
@@ -326,6 +331,7 @@ async fn call_one(
     path: &Path,
     call: ToolCall,
     timeout: Option<Duration>,
+    json: bool,
     signals: &mut signals::Signals,
 ) -> u8 {
     let manager = match manager(path) {
@@ -371,8 +377,15 @@ async fn call_one(
             .values()
             .any(|s| s.state != exthost::manager::ServiceState::Ready);
     let code = match result {
-        Ok(text) => {
-            println!("{text}");
+        Ok(output) if json => {
+            println!(
+                "{}",
+                serde_json::to_string(&output).expect("an output always serializes")
+            );
+            0
+        }
+        Ok(output) => {
+            println!("{}", output.into_text());
             0
         }
         Err(CallError::UnknownTool { tool }) if start_failed => {

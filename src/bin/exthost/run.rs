@@ -289,8 +289,25 @@ async fn handle(manager: &ServiceManager, line: &str) -> Value {
         );
     };
     let id = obj.get("id").cloned().unwrap_or(Value::Null);
-    let result = dispatch(manager, obj).await;
-    answer(id, result)
+    match dispatch(manager, obj).await {
+        // A tool output that is more than one text block (an MCP server's
+        // images, resources or structured content) comes whole in
+        // `output`, beside its text in `ok`.
+        Ok(Reply::Tool(output)) if output != output.text().as_str() => {
+            json!({"id": id, "ok": output.text(), "output": output})
+        }
+        Ok(Reply::Tool(output)) => answer(id, Ok(Value::String(output.into_text()))),
+        Ok(Reply::Value(v)) => answer(id, Ok(v)),
+        Err(f) => answer(id, Err(f)),
+    }
+}
+
+/// What a request answers with.
+enum Reply {
+    /// A tool's output.
+    Tool(exthost::ToolOutput),
+    /// Anything else.
+    Value(Value),
 }
 
 fn answer(id: Value, result: Result<Value, Failure>) -> Value {
@@ -316,9 +333,20 @@ fn str_field<'a>(obj: &'a serde_json::Map<String, Value>, name: &str) -> Result<
 async fn dispatch(
     manager: &ServiceManager,
     obj: &serde_json::Map<String, Value>,
-) -> Result<Value, Failure> {
+) -> Result<Reply, Failure> {
     if let Some(op) = obj.get("op") {
-        return match op.as_str() {
+        return op_reply(manager, obj, op).await.map(Reply::Value);
+    }
+    call_reply(manager, obj).await.map(Reply::Tool)
+}
+
+async fn op_reply(
+    manager: &ServiceManager,
+    obj: &serde_json::Map<String, Value>,
+    op: &Value,
+) -> Result<Value, Failure> {
+    {
+        match op.as_str() {
             Some("tools") => Ok(super::tools_json(manager)),
             Some("status") => {
                 Ok(serde_json::to_value(manager.statuses()).expect("statuses always serialize"))
@@ -344,8 +372,14 @@ async fn dispatch(
             _ => Err(bad_request(format!(
                 "unknown op {op}; expected tools, status, query, schema, restart, stop or start"
             ))),
-        };
+        }
     }
+}
+
+async fn call_reply(
+    manager: &ServiceManager,
+    obj: &serde_json::Map<String, Value>,
+) -> Result<exthost::ToolOutput, Failure> {
     let tool = str_field(obj, "tool")?;
     let args = match obj.get("args") {
         None => "{}".to_owned(),
@@ -381,7 +415,7 @@ async fn dispatch(
             })
         }),
     };
-    Ok(Value::String(result?))
+    Ok(result?)
 }
 
 fn owner(manager: &ServiceManager, tool: &str) -> String {

@@ -1,0 +1,135 @@
+//! The JSON configuration files MCP clients already use: a top-level
+//! `mcpServers` object (Claude Desktop, Claude Code, Cursor) or `servers`
+//! (VS Code). Each entry becomes a `kind = "mcp"` service.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+use super::{ConfigError, HostConfig, ServiceConfig, ServiceKind};
+
+/// The top-level key of an MCP client's file in `root`, if it is one: a
+/// JSON object with `mcpServers` or `servers` and no `services`.
+pub(super) fn client_key(root: &Value) -> Option<&'static str> {
+    let obj = root.as_object()?;
+    if obj.contains_key("services") {
+        return None;
+    }
+    ["mcpServers", "servers"]
+        .into_iter()
+        .find(|k| obj.get(*k).is_some_and(Value::is_object))
+}
+
+/// Reads an MCP client's file. Keys exthost does not use are ignored with
+/// a warning (those files carry client-specific keys).
+pub(super) fn from_client_json(root: Value, key: &'static str) -> Result<HostConfig, ConfigError> {
+    let Value::Object(mut root) = root else {
+        unreachable!("client_key checked it is an object")
+    };
+    for other in root.keys().filter(|k| *k != key) {
+        tracing::warn!(key = %other, "ignoring a top-level key exthost does not use");
+    }
+    let Some(Value::Object(servers)) = root.remove(key) else {
+        unreachable!("client_key checked it is an object")
+    };
+    let mut cfg = HostConfig::default();
+    for (name, entry) in servers {
+        let service = entry_to_service(key, &name, entry)?;
+        if cfg.services.insert(name.clone(), service).is_some() {
+            return Err(ConfigError::Parse {
+                at: format!("{key}.{name}"),
+                message: format!("service `{name}` is defined twice"),
+            });
+        }
+    }
+    Ok(cfg)
+}
+
+fn entry_to_service(key: &str, name: &str, entry: Value) -> Result<ServiceConfig, ConfigError> {
+    let at = |field: &str| format!("{key}.{name}.{field}");
+    let wrong = |field: &str, expected: &str| ConfigError::Parse {
+        at: at(field),
+        message: format!("expected {expected}"),
+    };
+    let Value::Object(mut entry) = entry else {
+        return Err(wrong("", "an object"));
+    };
+    let string =
+        |entry: &mut Map<String, Value>, field: &str| -> Result<Option<String>, ConfigError> {
+            match entry.remove(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(wrong(field, "a string")),
+            }
+        };
+    let map = |entry: &mut Map<String, Value>,
+               field: &str|
+     -> Result<BTreeMap<String, String>, ConfigError> {
+        match entry.remove(field) {
+            None | Some(Value::Null) => Ok(BTreeMap::new()),
+            Some(Value::Object(m)) => m
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k, s)),
+                    _ => Err(wrong(&format!("{field}.{k}"), "a string")),
+                })
+                .collect(),
+            Some(_) => Err(wrong(field, "an object of strings")),
+        }
+    };
+
+    let kind = string(&mut entry, "type")?;
+    let mut service = ServiceConfig {
+        kind: ServiceKind::Mcp,
+        ..Default::default()
+    };
+    service.command = string(&mut entry, "command")?.map(PathBuf::from);
+    service.url = string(&mut entry, "url")?;
+    match kind.as_deref() {
+        None => {}
+        Some("stdio") if service.url.is_none() => {}
+        Some("http" | "streamable-http" | "streamable_http" | "streamableHttp")
+            if service.command.is_none() => {}
+        Some(other @ ("stdio" | "http" | "streamable-http" | "streamable_http" | "streamableHttp")) => {
+            return Err(ConfigError::Invalid {
+                service: name.to_owned(),
+                field: "type",
+                problem: format!("is {other:?}, which does not match the entry's `command`/`url`"),
+            })
+        }
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                service: name.to_owned(),
+                field: "type",
+                problem: format!(
+                    "is {other:?}, which exthost does not speak: use \"stdio\" or \"http\" (Streamable HTTP)"
+                ),
+            })
+        }
+    }
+    service.args = match entry.remove("args") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(wrong(&format!("args[{i}]"), "a string")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => Err(wrong("args", "an array of strings"))?,
+    };
+    service.env = map(&mut entry, "env")?;
+    service.headers = map(&mut entry, "headers")?;
+    service.cwd = string(&mut entry, "cwd")?.map(PathBuf::from);
+    if let Some(disabled) = entry.remove("disabled") {
+        service.enabled = !disabled
+            .as_bool()
+            .ok_or_else(|| wrong("disabled", "true or false"))?;
+    }
+    for other in entry.keys() {
+        tracing::warn!(service = %name, key = %other, "ignoring a key exthost does not use");
+    }
+    Ok(service)
+}
