@@ -56,8 +56,9 @@
 #     isError = exit 4 with the text on stderr): 16 passed, 0 failed; and with
 #     a stub that always fails: 12 FAIL lines, exit 1, prefix removed, no
 #     server process left.
-# Not yet run against the real exthost (not built yet): the patterns assume
-# the output described above and may need adjusting to the final CLI.
+# Run against the real exthost (debug build of 3e4019a, 2026-11-29): 16 of 16
+# passed; then tightened: exact exit codes (isError 4, unknown tool 2, bad
+# arguments 1), an `mcpServers` JSON check, and per-phase output file names.
 set -euo pipefail
 
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
@@ -82,8 +83,8 @@ record() {
 
 # check NAME WANT PATTERN... -- COMMAND...
 # Runs COMMAND (stdout and stderr to one file, under a timeout). PASS when its
-# exit status matches WANT (`0`, or `nonzero`) and every extended regexp
-# PATTERN occurs in its output.
+# exit status matches WANT (an exact status such as `0` or `4`, or `nonzero`)
+# and every extended regexp PATTERN occurs in its output.
 check() {
     local name=$1 want=$2
     shift 2
@@ -94,11 +95,13 @@ check() {
     done
     shift
     N=$((N + 1))
-    local out="$WORK/check-$N.out" rc=0 ok=1 why=()
+    # The HTTP phase re-executes this script (N starts again at 0): a phase
+    # tag keeps its outputs from overwriting the stdio phase's.
+    local out="$WORK/check-${CHECK_TAG:-main}-$N.out" rc=0 ok=1 why=()
     timeout "$CALL_TIMEOUT_SECS" "$@" >"$out" 2>&1 || rc=$?
-    if [[ $want == 0 && $rc != 0 ]]; then
+    if [[ $want =~ ^[0-9]+$ && $rc != "$want" ]]; then
         ok=0
-        why+=("exit status $rc, wanted 0")
+        why+=("exit status $rc, wanted $want")
     elif [[ $want == nonzero && $rc == 0 ]]; then
         ok=0
         why+=("exit status 0, wanted non-zero")
@@ -191,6 +194,7 @@ if [[ ${1:-} == __http_phase ]]; then
     # Inside `unshare -rn`: only a loopback device, down until we raise it.
     RESULTS=${RESULTS:?} PREFIX=${PREFIX:?} WORK=${WORK:?} EXTHOST=${EXTHOST:?}
     trap kill_started EXIT
+    CHECK_TAG=http
     ip link set lo up
     http_phase 3001
     exit 0
@@ -299,10 +303,39 @@ check "stdio: everything get-env sees env with \${VAR:-default}" 0 \
     "$EXTHOST" call --config "$STDIO_CONFIG" get-env '{}'
 check "stdio: time get_current_time UTC" 0 'UTC' 'datetime' -- \
     "$EXTHOST" call --config "$STDIO_CONFIG" get_current_time '{"timezone":"UTC"}'
-check "stdio: time bad timezone is a tool error (isError)" nonzero 'Invalid timezone' -- \
+check "stdio: time bad timezone is a tool error (isError, exit 4)" 4 'Invalid timezone' -- \
     "$EXTHOST" call --config "$STDIO_CONFIG" get_current_time '{"timezone":"Not/AZone"}'
 check "stdio: filesystem list_directory" 0 '\[FILE\] hello\.txt' '\[DIR\] subdir' -- \
     "$EXTHOST" call --config "$STDIO_CONFIG" list_directory "{\"path\":\"$FILES\"}"
+
+check "stdio: unknown tool is exit 2" 2 'unknown tool' -- \
+    "$EXTHOST" call --config "$STDIO_CONFIG" no-such-tool '{}'
+check "stdio: arguments that are not a JSON object are exit 1" 1 'bad arguments' -- \
+    "$EXTHOST" call --config "$STDIO_CONFIG" echo '[1,2]'
+
+# The same three servers from a Claude Desktop style `mcpServers` file, with
+# client-specific keys (ignored with a warning).
+CLAUDE_CONFIG="$WORK/claude_desktop_config.json"
+cat >"$CLAUDE_CONFIG" <<EOF
+{
+  "globalShortcut": "",
+  "mcpServers": {
+    "everything": {
+      "command": "$EVERYTHING_BIN", "args": ["stdio"],
+      "env": {"INTEROP_MARK": "\${INTEROP_MARK_VALUE:-marked-by-json}"},
+      "alwaysAllow": ["echo"], "autoApprove": [], "timeout": 60
+    },
+    "time": {"command": "$TIME_BIN", "disabled": false, "alwaysAllow": []},
+    "filesystem": {"type": "stdio", "command": "$FILESYSTEM_BIN", "args": ["$FILES"], "alwaysAllow": []}
+  }
+}
+EOF
+check "json: mcpServers file lists all three servers' tools" 0 \
+    '\becho\b' '\bget_current_time\b' '\blist_directory\b' 'ignoring a key .*alwaysAllow' -- \
+    "$EXTHOST" tools --config "$CLAUDE_CONFIG"
+check "json: mcpServers get-env sees env with \${VAR:-default}" 0 \
+    'INTEROP_MARK[^A-Za-z0-9]+marked-by-json' -- \
+    "$EXTHOST" call --config "$CLAUDE_CONFIG" get-env '{}'
 
 # No server process from this prefix may outlive exthost. Any found are
 # reported and then killed (they are this run's, matched by its unique prefix).

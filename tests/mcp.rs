@@ -363,6 +363,9 @@ async fn a_streamable_http_server_is_served_and_its_loss_is_seen_at_once() {
         Err(CallError::Unavailable { .. }) => {}
         other => panic!("expected unavailable, got {other:?}"),
     }
+    // The supervisor sees the session end and applies the policy.
+    let status = wait_until(&m, "remote", |s| s.state == ServiceState::Failed).await;
+    assert!(status.error.is_some());
     assert_eq!(call(&m, "n_echo", "fine").await.unwrap(), "fine");
     m.shutdown_all().await;
 }

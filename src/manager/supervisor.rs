@@ -82,13 +82,21 @@ fn follow_tool_list(shared: &Arc<Services>, slot: &Arc<Slot>, generation: u64, s
                     _ = shared.shutdown.cancelled() => return,
                 }
                 changed.mark_unchanged();
-                match tokio::time::timeout(limit, mcp.list_tools()).await {
+                let listed = tokio::select! {
+                    listed = tokio::time::timeout(limit, mcp.list_tools()) => listed,
+                    // Stopping or gone: the list no longer matters.
+                    _ = mcp.broken() => return,
+                    _ = shared.shutdown.cancelled() => return,
+                };
+                match listed {
                     Ok(Ok(tools)) => {
                         tracing::info!(service = %slot.name, tools = tools.len(), "the server's tool list changed");
                         if slot.update_tools(generation, tools) {
                             shared.rebuild_table();
                         }
                     }
+                    // The session ended while listing: nothing to keep.
+                    Ok(Err(_)) if mcp.is_closed() || shared.shutdown.is_cancelled() => return,
                     Ok(Err(error)) => {
                         tracing::warn!(service = %slot.name, %error, "could not list the changed tools; keeping the old list")
                     }

@@ -58,7 +58,7 @@ use crate::tool::{BadArguments, Tool};
 #[non_exhaustive]
 pub enum McpError {
     /// The `initialize` handshake failed.
-    #[error("MCP initialize failed: {0}")]
+    #[error("MCP initialize failed: {}", describe_init(.0))]
     Initialize(#[source] Box<rmcp::service::ClientInitializeError>),
     /// `tools/list` failed.
     #[error("MCP tools/list failed: {0}")]
@@ -286,15 +286,42 @@ impl McpConnection {
         ConnectionError::Closed
     }
 
-    /// Ends the session: for stdio, closes the server's stdin (its signal
-    /// to exit); for HTTP, sends `DELETE`. Waits up to `within` for the
-    /// session to wind down. Calls still in flight fail as closed.
-    pub async fn close(&self, within: Duration) {
+    /// Ends the session without waiting.
+    fn end(&self) {
         let token = self.shared.cancel.lock().expect("lock poisoned").take();
         if let Some(token) = token {
             token.cancel();
         }
+    }
+
+    /// Ends the session: for stdio, closes the server's stdin (its signal
+    /// to exit); for HTTP, sends `DELETE`. Waits up to `within` for the
+    /// session to wind down. Calls still in flight fail as closed.
+    pub async fn close(&self, within: Duration) {
+        self.end();
         let _ = tokio::time::timeout(within, self.broken()).await;
+    }
+}
+
+/// An `initialize` failure in words: for a transport failure, the cause
+/// and its own causes (not rmcp's transport type), then what was being
+/// done.
+fn describe_init(e: &rmcp::service::ClientInitializeError) -> String {
+    match e {
+        rmcp::service::ClientInitializeError::TransportError { error, context } => {
+            let mut text = error.error.to_string();
+            let mut source = error.error.source();
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            format!("{text} (when {context})")
+        }
+        other => other.to_string(),
     }
 }
 
@@ -418,7 +445,17 @@ impl Service<ExtRequest> for McpConnection {
                     let params = CallToolRequestParams::new(call.name).with_arguments(args);
                     match peer.call_tool(params).await {
                         Ok(result) => Ok(answer(result)),
-                        Err(e) => failure(e),
+                        Err(e) => {
+                            let failed = failure(e);
+                            if failed.is_err() {
+                                // The transport failed (an HTTP server that
+                                // went away): the session is over, so the
+                                // supervisor sees it and applies the
+                                // restart policy (a new session).
+                                this.end();
+                            }
+                            failed
+                        }
                     }
                 }
                 Some(ext_request::Msg::RegisterTools(_)) => match this.list_tools().await {
