@@ -16,6 +16,14 @@
 //! alone: the handshake runs over the bare connection, not through the call
 //! stack and its `call_timeout`.
 //!
+//! An MCP service (`kind = "mcp"`, feature `mcp`) is readied the same way
+//! with MCP's own steps: a `command` is spawned with its stdin and stdout
+//! piped to the host (stderr to its log), and `initialize` and the full
+//! `tools/list` run over them, each under `handshake_timeout`; a `url` is
+//! reached over Streamable HTTP and has no process. Its [`Connected::link`]
+//! is [`Link::Mcp`] and its stack wraps an
+//! [`McpConnection`](crate::mcp::McpConnection).
+//!
 //! # Example
 //!
 //! ```no_run
