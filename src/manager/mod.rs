@@ -17,6 +17,11 @@
 //! Calls during an outage fail at once with [`CallError::Unavailable`];
 //! tool calls are never replayed.
 //!
+//! A connection that ends is noticed when it happens, idle or not: the
+//! service leaves `ready` at once, a process that lives on without its
+//! connection is stopped with its `shutdown_grace` (SIGTERM, the grace,
+//! SIGKILL), and then the policy applies.
+//!
 //! [`ServiceManager::builder`] takes user layers that wrap every
 //! per-extension stack, each restart's included (see
 //! [`Builder::layer`]).
