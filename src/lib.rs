@@ -90,5 +90,5 @@ pub mod trace;
 
 pub use connector::StartError;
 pub use router::CallError;
-pub use tool::{BadToolSchema, Tool};
+pub use tool::{check_parameters, BadToolSchema, RejectedTool, SchemaProblem, Tool};
 pub use tower::BoxError;

@@ -89,7 +89,7 @@ use crate::config::ServiceConfig;
 use crate::connector::{Connector, StartError, Started};
 use crate::process::StopOutcome;
 use crate::proto::{ext_response::Msg, ExtRequest, RequestKind};
-use crate::registry::{Conflict, LeftOut, RegisteredTool, ToolNames};
+use crate::registry::{Conflict, LeftOut, LeftOutReason, RegisteredTool, ToolNames};
 use crate::router::{kind_of, CallError, Router, RoutingTable, Unavailable};
 
 /// A service's first start, as `handshake_all` waits for it.
@@ -149,20 +149,26 @@ impl Services {
     /// that declares them, or are not advertised at all. A service that is
     /// restarting keeps its routes (its calls are `unavailable` meanwhile).
     pub(crate) fn rebuild_table(&self) {
-        let (mut serving, mut down) = (Vec::new(), Vec::new());
+        let (mut serving, mut down, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
         for slot in self.slots.values() {
-            let tools = slot.live.read().expect("slot lock poisoned").tools.clone();
-            let list = if slot.status().state.is_terminal() {
-                &mut down
+            let live = slot.live.read().expect("slot lock poisoned");
+            let tools = live.tools.clone();
+            if slot.status().state.is_terminal() {
+                down.push((&slot.endpoint, tools));
             } else {
-                &mut serving
-            };
-            list.push((&slot.endpoint, tools));
+                serving.push((&slot.endpoint, tools));
+                rejected.extend(live.rejected.iter().map(|r| LeftOut {
+                    service: slot.name.clone(),
+                    tool: r.name.clone(),
+                    reason: LeftOutReason::BadSchema(r.problem.clone()),
+                }));
+            }
         }
         let table = RoutingTable::build_with(
             serving.iter().map(|(e, tools)| (*e, tools.as_slice())),
             self.tool_names,
         )
+        .with_left_out(rejected)
         .with_down(
             down.iter().map(|(e, tools)| (*e, tools.as_slice())),
             self.tool_names,
@@ -315,7 +321,8 @@ impl ServiceManager {
 
     /// Declared tools that are not advertised (an empty name, control
     /// characters, a name outside `^[a-zA-Z0-9_-]{1,64}$` unless
-    /// `tool_names` is `any`, a name declared twice), each with why.
+    /// `tool_names` is `any`, a name declared twice, `parameters` that are
+    /// not an object schema), each with why, in service-name order.
     pub fn left_out(&self) -> Vec<LeftOut> {
         self.shared().router.table().left_out().to_vec()
     }

@@ -11,7 +11,7 @@ use crate::config::ServiceConfig;
 use crate::connector::Started;
 use crate::router::{Endpoint, Unavailable};
 use crate::status::{ServiceState, ServiceStatus};
-use crate::tool::Tool;
+use crate::tool::{RejectedTool, Tool};
 
 #[derive(Debug, Default)]
 pub(crate) struct Live {
@@ -20,6 +20,8 @@ pub(crate) struct Live {
     /// The tools it declared last time it was ready; its routes keep them
     /// through an outage, so callers get `unavailable`, not `unknown tool`.
     pub(crate) tools: Vec<Tool>,
+    /// The tools it declared that were rejected for their definitions.
+    pub(crate) rejected: Vec<RejectedTool>,
     pub(crate) query: bool,
 }
 
@@ -88,12 +90,17 @@ impl Slot {
             return Err(Box::new(started));
         }
         live.generation = generation;
-        let (tools, query) = match &started.extension {
-            Some(ext) => (ext.info.tools.clone(), ext.info.has_query()),
-            None => (Vec::new(), false),
+        let (tools, rejected, query) = match &started.extension {
+            Some(ext) => (
+                ext.info.tools.clone(),
+                ext.info.rejected.clone(),
+                ext.info.has_query(),
+            ),
+            None => (Vec::new(), Vec::new(), false),
         };
-        let changed = tools != live.tools;
+        let changed = tools != live.tools || rejected != live.rejected;
         live.tools = tools;
+        live.rejected = rejected;
         live.query = query;
         let pid = started.process.pid();
         if let Some(ext) = &started.extension {
