@@ -4,7 +4,7 @@
 //! Only names LLM APIs accept are advertised by default ([`ToolNames`]);
 //! the others are [`LeftOut`], with a reason. So are tools whose
 //! `parameters` are not an object schema (see
-//! [`SchemaProblem`](crate::SchemaProblem)), and a second declaration of
+//! [`SchemaProblem`]), and a second declaration of
 //! one name by one extension. Collisions are resolved
 //! deterministically and visibly: when two
 //! extensions declare the same tool, the one first in service-name order

@@ -79,7 +79,6 @@ pub(crate) use slot::Slot;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
@@ -119,9 +118,10 @@ impl Services {
             Ok(_) => self.rebuild_table(),
             Err(stale) => {
                 tracing::warn!(service = %slot.name, "a newer start won; stopping the older one");
+                let grace = slot.config.shutdown_grace();
                 tokio::spawn(async move {
                     let conn = stale.extension.as_ref().map(|e| &e.connection);
-                    stale.process.stop(conn, Duration::ZERO).await;
+                    stale.process.stop(conn, grace).await;
                 });
             }
         }
