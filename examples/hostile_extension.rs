@@ -16,7 +16,23 @@
 //! - `exit_handshake`: exits with status 7 when it receives `hello`;
 //! - `no_bind`: never binds its socket;
 //! - `no_ids`: behaves, but never echoes correlation ids (an extension
-//!   written before they existed).
+//!   written before they existed);
+//! - `close_idle`: answers the first tool call, then closes its connection
+//!   and keeps running (its handler died, the process did not);
+//! - `close_after_handshake`: the same right after the handshake, before
+//!   any call;
+//! - `bad_schemas`: offers `h_call` and, beside it, tools whose parameters
+//!   are no object schema (`h_string`: `{"type":"string"}`, `h_null`:
+//!   `null`, `h_array`: `[1,2]`, `h_invalid`: `{"type":"object",
+//!   "properties":3}`, `h_not_json`: bytes that are not JSON), and declares
+//!   `h_twice` twice with two different definitions.
+//!
+//! With `HOSTILE_ONCE` set to a file path, only the first run misbehaves:
+//! it creates the file, and a run that finds it behaves.
+//!
+//! With `HOSTILE_TERM_GATE` set to a socket path, SIGTERM makes it connect
+//! there, write `term` and a newline, wait until the other end closes, and
+//! exit 0: tests see that it was given time to stop.
 //!
 //! Any other mode (or none) answers tool calls by echoing their arguments.
 
@@ -25,7 +41,7 @@ use exthost::proto::{ext_request::Msg, Capability, ExtResponse, PROTOCOL_VERSION
 use exthost::server::ServeArgs;
 use exthost::Tool;
 use futures::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Framed;
 
 /// `skip_one` and `no_ids` play old extensions that know no correlation
@@ -37,7 +53,24 @@ fn echoes_ids(mode: &str) -> bool {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = ServeArgs::from_env()?;
-    let mode = std::env::var("HOSTILE_MODE").unwrap_or_default();
+    let mut mode = std::env::var("HOSTILE_MODE").unwrap_or_default();
+    if let Some(once) = std::env::var_os("HOSTILE_ONCE") {
+        // Only the first incarnation misbehaves.
+        if std::fs::File::create_new(once).is_err() {
+            mode.clear();
+        }
+    }
+    if let Some(gate) = std::env::var_os("HOSTILE_TERM_GATE") {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move {
+            term.recv().await;
+            if let Ok(mut s) = tokio::net::UnixStream::connect(gate).await {
+                let _ = s.write_all(b"term\n").await;
+                let _ = s.read_to_end(&mut Vec::new()).await;
+            }
+            std::process::exit(0);
+        });
+    }
     if mode == "no_bind" {
         std::future::pending::<()>().await;
     }
@@ -56,13 +89,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ExtResponse::ready(
                     PROTOCOL_VERSION,
                     "hostile",
-                    vec![Capability::tools(["h_call"])],
+                    vec![if mode == "bad_schemas" {
+                        Capability::tools([
+                            "h_call",
+                            "h_string",
+                            "h_null",
+                            "h_array",
+                            "h_invalid",
+                            "h_not_json",
+                            "h_twice",
+                        ])
+                    } else {
+                        Capability::tools(["h_call"])
+                    }],
                 )
             }
             Some(Msg::Configure(_)) => ExtResponse::configured(),
             Some(Msg::RegisterTools(_)) => {
                 let tool = Tool::new("h_call", "Misbehaves", serde_json::json!({}));
-                let mut resp = ExtResponse::tool_schemas(vec![tool.to_def()]);
+                let mut defs = vec![tool.to_def()];
+                if mode == "bad_schemas" {
+                    defs.extend(bad_schemas());
+                }
+                let mut resp = ExtResponse::tool_schemas(defs);
                 if echoes_ids(&mode) {
                     resp.correlation_id = id;
                 }
@@ -74,6 +123,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 if mode == "no_read" {
                     std::future::pending::<()>().await;
+                }
+                if mode == "close_after_handshake" {
+                    return linger_closed(framed).await;
                 }
                 continue;
             }
@@ -120,6 +172,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             resp.correlation_id = resp.correlation_id.or(id);
         }
         framed.send(resp).await?;
+        if mode == "close_idle" && calls == 1 {
+            return linger_closed(framed).await;
+        }
     }
     Ok(())
+}
+
+/// Closes the connection while the host owes nothing and waits for
+/// nothing; the process lives on.
+async fn linger_closed<T>(framed: T) -> Result<(), Box<dyn std::error::Error>> {
+    drop(framed);
+    std::future::pending().await
+}
+
+/// The tools of `bad_schemas` mode besides `h_call`.
+fn bad_schemas() -> Vec<exthost::proto::ToolDef> {
+    use serde_json::json;
+    let def = |name: &str, params: &[u8]| exthost::proto::ToolDef {
+        name: name.to_owned(),
+        description: "A tool with a bad definition".to_owned(),
+        parameters: params.to_vec(),
+        strict: false,
+    };
+    let tool = |name: &str, params: serde_json::Value| Tool::new(name, "Declared twice", params);
+    vec![
+        def("h_string", br#"{"type":"string"}"#),
+        def("h_null", b"null"),
+        def("h_array", b"[1,2]"),
+        def("h_invalid", br#"{"type":"object","properties":3}"#),
+        def("h_not_json", b"{not json"),
+        tool("h_twice", json!({"type": "object"})).to_def(),
+        tool(
+            "h_twice",
+            json!({"type": "object", "properties": {"x": {"type": "string"}}}),
+        )
+        .to_def(),
+    ]
 }

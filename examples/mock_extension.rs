@@ -16,7 +16,9 @@
 //! - `wait` (only when `MOCK_NOTIFY_SOCKET` is set): connects to that
 //!   socket, writes its arguments and a newline, and answers
 //!   `released ARGS` once the other end closes the connection. Tests hold
-//!   a call in the extension this way, and release it when they choose.
+//!   a call in the extension this way, and release it when they choose;
+//! - `limits` (only when `MOCK_LIMITS` is set): returns the process's soft
+//!   and hard descriptor limits, `SOFT HARD`.
 //!
 //! Environment: `MOCK_SERVICE` names the service (default `mock`);
 //! `MOCK_PREFIX` prefixes the tool names (or `MOCK_PREFIX_FILE`, a file
@@ -137,7 +139,10 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ("pid", "Returns the extension's process id", object.clone()),
     ];
     if notify.is_some() {
-        tools.push(("wait", "Answers once the test releases it", object));
+        tools.push(("wait", "Answers once the test releases it", object.clone()));
+    }
+    if std::env::var_os("MOCK_LIMITS").is_some() {
+        tools.push(("limits", "Returns the descriptor limits", object));
     }
     let ext = Extension::new(service.clone())
         .tools(
@@ -164,6 +169,12 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     "fail" => Err(format!("{} failed as requested", t.name)),
                     "crash" => std::process::exit(101),
                     "pid" => Ok(std::process::id().to_string()),
+                    "limits" => {
+                        use nix::sys::resource::{getrlimit, Resource};
+                        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+                            .map_err(|e| format!("limits: {e}"))?;
+                        Ok(format!("{soft} {hard}"))
+                    }
                     "wait" => {
                         let gate = notify.as_deref().ok_or("wait: no MOCK_NOTIFY_SOCKET")?;
                         held_until_released(gate, &t.args)

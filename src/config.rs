@@ -6,7 +6,9 @@
 //! `handshake_timeout`, `shutdown_grace`, `stuck_margin` (durations as
 //! `"500ms"`, `"10s"`), `max_in_flight` and `max_queued`. [`HostConfig`] is a whole file: optional
 //! `services_dir`, `logs_dir` and `daemon_socket`, and the services, loaded
-//! from TOML or JSON. Every error names the service and the field.
+//! from TOML or JSON (a byte-order mark accepted in both). Every error
+//! names the service and the field, and, loaded from a file, the file and
+//! the line and column wherever the text has one.
 //!
 //! # Example
 //!
@@ -544,6 +546,10 @@ where
 }
 
 /// A configuration that cannot be used.
+///
+/// Every error names the field (`at`, or the service and the field); one
+/// from [`HostConfig::load`] names the file too, and the line and column
+/// wherever the text has one: `file:line:column: ` opens its text.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -557,12 +563,19 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The text does not parse, or a field has the wrong type or value.
-    #[error("invalid configuration at `{at}`: {message}")]
+    #[error("{}invalid configuration at `{at}`: {message}", where_(file.as_deref(), *line, *column))]
     Parse {
-        /// Where: the field path, such as `services.search.call_timeout`.
+        /// Where: the field path, such as `services.search.call_timeout`
+        /// (for a syntax error, the table and key of the line it is on).
         at: String,
         /// What is wrong.
         message: String,
+        /// The file, when it was read from one.
+        file: Option<PathBuf>,
+        /// The line (from 1), where the error has one.
+        line: Option<usize>,
+        /// The column (from 1, in characters), where the error has one.
+        column: Option<usize>,
     },
     /// A service name is not usable.
     #[error("invalid service name {name:?}: use 1 to 64 of A-Z, a-z, 0-9, `_` and `-`")]
@@ -594,26 +607,141 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: String,
     },
+    /// Another error ([`BadName`](Self::BadName),
+    /// [`Invalid`](Self::Invalid)) with where it is in the text: the file,
+    /// and the line and column of the field.
+    /// [`innermost`](ConfigError::innermost) gives the error itself.
+    #[error("{}{source}", where_(file.as_deref(), *line, *column))]
+    Located {
+        /// The file, when it was read from one.
+        file: Option<PathBuf>,
+        /// The line (from 1) of the field, when it is found.
+        line: Option<usize>,
+        /// The column (from 1, in characters) of the field.
+        column: Option<usize>,
+        /// The error.
+        #[source]
+        source: Box<ConfigError>,
+    },
+}
+
+/// `file:line:column: `, with what is known.
+fn where_(file: Option<&Path>, line: Option<usize>, column: Option<usize>) -> String {
+    let mut at = String::new();
+    if let Some(file) = file {
+        at += &file.display().to_string();
+        at.push(':');
+    }
+    if let Some(line) = line {
+        at += &line.to_string();
+        at.push(':');
+        if let Some(column) = column {
+            at += &column.to_string();
+            at.push(':');
+        }
+    }
+    if !at.is_empty() {
+        at.push(' ');
+    }
+    at
+}
+
+impl ConfigError {
+    /// The error without where it is: a [`Located`](Self::Located) error's
+    /// own, any other error itself.
+    pub fn innermost(&self) -> &ConfigError {
+        match self {
+            ConfigError::Located { source, .. } => source.innermost(),
+            e => e,
+        }
+    }
+
+    /// The file, line and column, where known.
+    pub fn location(&self) -> (Option<&Path>, Option<usize>, Option<usize>) {
+        match self {
+            ConfigError::Parse {
+                file, line, column, ..
+            }
+            | ConfigError::Located {
+                file, line, column, ..
+            } => (file.as_deref(), *line, *column),
+            ConfigError::Read { path, .. } => (Some(path), None, None),
+            _ => (None, None, None),
+        }
+    }
+
+    /// The same error, naming `path` as its file.
+    fn in_file(self, path: &Path) -> ConfigError {
+        match self {
+            ConfigError::Parse {
+                at,
+                message,
+                line,
+                column,
+                ..
+            } => ConfigError::Parse {
+                at,
+                message,
+                file: Some(path.to_owned()),
+                line,
+                column,
+            },
+            ConfigError::Located {
+                line,
+                column,
+                source,
+                ..
+            } => ConfigError::Located {
+                file: Some(path.to_owned()),
+                line,
+                column,
+                source,
+            },
+            e @ ConfigError::Read { .. } => e,
+            e => ConfigError::Located {
+                file: Some(path.to_owned()),
+                line: None,
+                column: None,
+                source: Box::new(e),
+            },
+        }
+    }
 }
 
 impl HostConfig {
-    /// Parses TOML and validates every service.
+    /// Parses TOML and validates every service. A UTF-8 byte-order mark
+    /// at the start is ignored.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
-            at: "(file)".to_owned(),
-            message: e.message().to_owned(),
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            let (line, column) = location::span_start(text, e.span());
+            ConfigError::Parse {
+                at: location::toml_field_at(text, line),
+                message: e.message().to_owned(),
+                file: None,
+                line,
+                column,
+            }
         })?;
-        let mut cfg: HostConfig =
-            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+        let mut cfg: HostConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let (line, column) = location::span_start(text, e.inner().span());
+            ConfigError::Parse {
                 at: e.path().to_string(),
                 message: e.inner().message().to_owned(),
-            })?;
-        cfg.expand_env()?;
-        cfg.validate()?;
+                file: None,
+                line,
+                column,
+            }
+        })?;
+        cfg.expand_env()
+            .map_err(|e| location::locate(e, |path| location::toml_offset(text, path), text))?;
+        cfg.validate()
+            .map_err(|e| location::locate(e, |path| location::toml_offset(text, path), text))?;
         Ok(cfg)
     }
 
-    /// Parses JSON and validates every service.
+    /// Parses JSON and validates every service. A UTF-8 byte-order mark
+    /// at the start is ignored.
     ///
     /// Besides exthost's own form, this reads the files MCP clients use: a
     /// top-level `mcpServers` object (Claude Desktop, Claude Code, Cursor)
@@ -625,42 +753,65 @@ impl HostConfig {
     /// an error naming the service and the type; keys exthost does not use
     /// are ignored with a warning; `disabled: true` is `enabled = false`.
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if let Ok(root) = serde_json::from_str::<serde_json::Value>(text) {
             if let Some(key) = clients::client_key(&root) {
-                let mut cfg = clients::from_client_json(root, key)?;
-                cfg.expand_env()?;
-                cfg.validate()?;
+                let locate =
+                    |e| location::locate(e, |path| location::json_offset(text, path), text);
+                let mut cfg = clients::from_client_json(root, key).map_err(locate)?;
+                cfg.expand_env().map_err(locate)?;
+                cfg.validate().map_err(locate)?;
                 return Ok(cfg);
             }
         }
         let mut de = serde_json::Deserializer::from_str(text);
-        let mut cfg: HostConfig =
-            serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError::Parse {
+        let mut cfg: HostConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let inner = e.inner();
+            let (line, column) = match inner.line() {
+                0 => (None, None),
+                line => (Some(line), Some(inner.column())),
+            };
+            ConfigError::Parse {
                 at: e.path().to_string(),
-                message: e.inner().to_string(),
-            })?;
-        cfg.expand_env()?;
-        cfg.validate()?;
+                message: inner.to_string(),
+                file: None,
+                line,
+                column,
+            }
+        })?;
+        cfg.expand_env()
+            .map_err(|e| location::locate(e, |path| location::json_offset(text, path), text))?;
+        cfg.validate()
+            .map_err(|e| location::locate(e, |path| location::json_offset(text, path), text))?;
         Ok(cfg)
     }
 
     /// Reads a file: JSON when its name ends in `.json`, TOML otherwise.
+    /// The text may start with a byte-order mark: UTF-8 (ignored), or
+    /// UTF-16 (decoded).
     ///
     /// Relative paths in it (`services_dir`, `logs_dir`, `daemon_socket`,
     /// and each service's `command` when it is a path, and `cwd`) are
     /// resolved against the file's folder, so that the file means the same
     /// from any working directory.
+    ///
+    /// # Errors
+    ///
+    /// Every error but [`ConfigError::Read`] names the file, and the line
+    /// and column wherever the text has one.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mut cfg = if path.extension().is_some_and(|e| e == "json") {
-            Self::from_json_str(&text)?
+        let text = location::decode(&bytes).map_err(|e| e.in_file(path))?;
+        let parsed = if path.extension().is_some_and(|e| e == "json") {
+            Self::from_json_str(&text)
         } else {
-            Self::from_toml_str(&text)?
+            Self::from_toml_str(&text)
         };
+        let mut cfg = parsed.map_err(|e| e.in_file(path))?;
         let base = std::path::absolute(path)
             .ok()
             .and_then(|p| p.parent().map(Path::to_owned))
@@ -755,5 +906,176 @@ impl HostConfig {
         self.services
             .iter()
             .try_for_each(|(name, svc)| svc.validate(name))
+    }
+}
+
+/// Where things are in a configuration's text.
+mod location {
+    use std::ops::Range;
+
+    use super::ConfigError;
+
+    /// The text of a file's bytes: UTF-8, with or without a byte-order
+    /// mark, or UTF-16 with one.
+    pub(super) fn decode(bytes: &[u8]) -> Result<String, ConfigError> {
+        let utf16 = |be: bool| {
+            let units = bytes[2..].chunks(2).map(|c| match (c, be) {
+                ([a, b], true) => u16::from_be_bytes([*a, *b]),
+                ([a, b], false) => u16::from_le_bytes([*a, *b]),
+                _ => 0xFFFD,
+            });
+            char::decode_utf16(units)
+                .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+                .collect::<String>()
+        };
+        match bytes {
+            [0xFF, 0xFE, ..] => Ok(utf16(false)),
+            [0xFE, 0xFF, ..] => Ok(utf16(true)),
+            _ => match std::str::from_utf8(bytes) {
+                Ok(text) => Ok(text.strip_prefix('\u{feff}').unwrap_or(text).to_owned()),
+                Err(e) => {
+                    let valid = &bytes[..e.valid_up_to()];
+                    let text = String::from_utf8_lossy(valid);
+                    let (line, column) = line_column(&text, text.len());
+                    Err(ConfigError::Parse {
+                        at: "(file)".to_owned(),
+                        message: format!("the file is not UTF-8 text: {e}"),
+                        file: None,
+                        line: Some(line),
+                        column: Some(column),
+                    })
+                }
+            },
+        }
+    }
+
+    /// The line and column (from 1; the column in characters) of byte
+    /// `offset` of `text`.
+    pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[start..].chars().count() + 1)
+    }
+
+    /// The line and column of where `span` starts, if there is one.
+    pub(super) fn span_start(
+        text: &str,
+        span: Option<Range<usize>>,
+    ) -> (Option<usize>, Option<usize>) {
+        match span {
+            Some(span) if text.is_char_boundary(span.start.min(text.len())) => {
+                let (line, column) = line_column(text, span.start);
+                (Some(line), Some(column))
+            }
+            _ => (None, None),
+        }
+    }
+
+    /// The field a TOML syntax error on `line` is in: the table whose
+    /// header comes last before it, and the key on the line, if any.
+    pub(super) fn toml_field_at(text: &str, line: Option<usize>) -> String {
+        let Some(line) = line else {
+            return "(file)".to_owned();
+        };
+        let mut table = String::new();
+        let mut key = None;
+        for (i, l) in text.lines().enumerate().take(line) {
+            let l = l.trim();
+            if i + 1 == line {
+                key = l
+                    .split_once('=')
+                    .map(|(k, _)| k.trim().to_owned())
+                    .filter(|k| !k.is_empty() && !k.starts_with('['));
+            }
+            if l.starts_with('[') {
+                if let Some(end) = l.rfind(']') {
+                    table = l[..end]
+                        .trim_matches(|c| c == '[' || c == ']')
+                        .trim()
+                        .to_owned();
+                }
+            }
+        }
+        match (table.is_empty(), key) {
+            (true, None) => "(top level)".to_owned(),
+            (true, Some(key)) => key,
+            (false, None) => table,
+            (false, Some(key)) => format!("{table}.{key}"),
+        }
+    }
+
+    /// Where the key at `path` is in TOML `text`, as precisely as the
+    /// parsed document says: the deepest key of `path` that is found.
+    pub(super) fn toml_offset(text: &str, path: &[&str]) -> Option<usize> {
+        use toml::de::{DeTable, DeValue};
+        let doc = DeTable::parse(text).ok()?;
+        let mut table = doc.get_ref();
+        let mut found = None;
+        for (i, key) in path.iter().enumerate() {
+            let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref() == key) else {
+                break;
+            };
+            found = Some(k.span().start);
+            match v.get_ref() {
+                DeValue::Table(t) if i + 1 < path.len() => table = t,
+                _ => break,
+            }
+        }
+        found
+    }
+
+    /// Where the key at `path` is in JSON `text`: each key searched for
+    /// after the one before it (a text search, good for what people
+    /// write; a key inside an earlier string value can mislead it).
+    pub(super) fn json_offset(text: &str, path: &[&str]) -> Option<usize> {
+        let mut from = 0;
+        let mut found = None;
+        for key in path {
+            let quoted = serde_json::to_string(key).ok()?;
+            let mut at = None;
+            let mut search = from;
+            while let Some(i) = text[search..].find(&quoted) {
+                let start = search + i;
+                let after = text[start + quoted.len()..].trim_start();
+                if after.starts_with(':') {
+                    at = Some(start);
+                    break;
+                }
+                search = start + quoted.len();
+            }
+            let Some(at) = at else { break };
+            found = Some(at);
+            from = at + quoted.len();
+        }
+        found
+    }
+
+    /// `e` (from validation) with the line and column of its field, when
+    /// `offset` finds it in `text`.
+    pub(super) fn locate(
+        e: ConfigError,
+        offset: impl Fn(&[&str]) -> Option<usize>,
+        text: &str,
+    ) -> ConfigError {
+        let at = match &e {
+            ConfigError::Invalid { service, field, .. } => {
+                offset(&["services", service.as_str(), field])
+            }
+            ConfigError::BadName { name } => offset(&["services", name.as_str()]),
+            _ => None,
+        };
+        match at {
+            Some(at) => {
+                let (line, column) = line_column(text, at);
+                ConfigError::Located {
+                    file: None,
+                    line: Some(line),
+                    column: Some(column),
+                    source: Box::new(e),
+                }
+            }
+            None => e,
+        }
     }
 }

@@ -85,7 +85,7 @@ use crate::proto::{
     capability::Cap, ext_response::Msg, Capability, ExtRequest, ExtResponse, ResponseKind, ToolDef,
     PROTOCOL_VERSION,
 };
-use crate::tool::{BadToolSchema, Tool};
+use crate::tool::{BadToolSchema, RejectedTool, Tool};
 
 /// The default time allowed for each handshake step: 10 s.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,7 +147,10 @@ pub enum HandshakeError {
         /// The extension's version.
         theirs: String,
     },
-    /// A tool's `parameters` are not valid JSON.
+    /// A tool's `parameters` are not valid JSON. No longer returned by
+    /// [`handshake`], which leaves such a tool out alone (see
+    /// [`ExtensionInfo::rejected`]); kept for callers that parse schemas
+    /// themselves.
     #[error(transparent)]
     BadSchema(#[from] BadToolSchema),
     /// The service's configuration could not be serialized.
@@ -234,8 +237,13 @@ pub struct ExtensionInfo {
     pub version: String,
     /// The capabilities from `ready`.
     pub capabilities: Vec<Capability>,
-    /// The tool schemas from `tool_schemas`: the tools the host offers.
+    /// The tool schemas from `tool_schemas` that the host offers: each
+    /// one's `parameters` an object schema (see
+    /// [`SchemaProblem`](crate::SchemaProblem)).
     pub tools: Vec<Tool>,
+    /// The tools declared with a definition LLM APIs refuse, each with
+    /// why; left out alone, while the rest of the extension works.
+    pub rejected: Vec<RejectedTool>,
     /// Disagreements between the capabilities and the schemas.
     pub mismatches: Vec<ToolMismatch>,
 }
@@ -405,6 +413,10 @@ where
 /// Runs the handshake over `svc`: [`hello`] (and the version check), then
 /// [`configure`] with `config`, then [`register_tools`], each step under
 /// `step_timeout`.
+///
+/// A tool whose `parameters` are not JSON or not an object schema is left
+/// out alone, listed in [`ExtensionInfo::rejected`] with why; the handshake
+/// goes on.
 pub async fn handshake<S>(
     svc: &mut S,
     config: &serde_json::Value,
@@ -420,10 +432,13 @@ where
     let defs = register_tools(svc, step_timeout).await?;
 
     let mismatches = tool_mismatches(&ready, &defs);
-    let tools = defs
-        .into_iter()
-        .map(Tool::from_def)
-        .collect::<Result<Vec<_>, _>>()?;
+    let (mut tools, mut rejected) = (Vec::new(), Vec::new());
+    for def in defs {
+        match Tool::from_def_checked(def) {
+            Ok(tool) => tools.push(tool),
+            Err(r) => rejected.push(r),
+        }
+    }
     for m in &mismatches {
         tracing::warn!(service = %ready.service, "{m}");
     }
@@ -432,6 +447,7 @@ where
         version: ready.version,
         capabilities: ready.capabilities,
         tools,
+        rejected,
         mismatches,
     })
 }

@@ -96,5 +96,8 @@ pub mod trace;
 
 pub use connector::StartError;
 pub use router::CallError;
-pub use tool::{BadArguments, BadToolSchema, Content, Tool, ToolOutput};
+pub use tool::{
+    check_parameters, BadArguments, BadToolSchema, Content, RejectedTool, SchemaProblem, Tool,
+    ToolOutput,
+};
 pub use tower::BoxError;

@@ -2,7 +2,10 @@
 //! hand to an LLM API.
 //!
 //! Only names LLM APIs accept are advertised by default ([`ToolNames`]);
-//! the others are [`LeftOut`], with a reason. Collisions are resolved
+//! the others are [`LeftOut`], with a reason. So are tools whose
+//! `parameters` are not an object schema (see
+//! [`SchemaProblem`]), and a second declaration of
+//! one name by one extension. Collisions are resolved
 //! deterministically and visibly: when two
 //! extensions declare the same tool, the one first in service-name order
 //! keeps it; the other's is left out, logged as a warning, and listed in
@@ -23,9 +26,9 @@
 //! assert!(!is_portable_tool_name("weather.get")); // most LLM APIs refuse dots
 //! ```
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-use crate::tool::Tool;
+use crate::tool::{SchemaProblem, Tool};
 
 /// A tool and the service that owns it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -51,8 +54,9 @@ pub struct Conflict {
 pub use crate::config::ToolNames;
 
 /// Why a declared tool is not advertised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+///
+/// Serialized as its [`kind`](Self::kind).
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LeftOutReason {
     /// The name is empty.
@@ -66,11 +70,38 @@ pub enum LeftOutReason {
     /// The same extension declared the name more than once; the first
     /// declaration is kept.
     DeclaredTwice,
+    /// Its `parameters` are not an object schema LLM APIs accept (see
+    /// [`SchemaProblem`]).
+    BadSchema(SchemaProblem),
+}
+
+impl LeftOutReason {
+    /// The reason's stable name: `empty`, `control_characters`,
+    /// `not_portable`, `declared_twice` or `bad_schema`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeftOutReason::Empty => "empty",
+            LeftOutReason::ControlCharacters => "control_characters",
+            LeftOutReason::NotPortable => "not_portable",
+            LeftOutReason::DeclaredTwice => "declared_twice",
+            LeftOutReason::BadSchema(_) => "bad_schema",
+        }
+    }
+}
+
+impl Serialize for LeftOutReason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.kind())
+    }
 }
 
 impl std::fmt::Display for LeftOutReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let LeftOutReason::BadSchema(problem) = self {
+            return problem.fmt(f);
+        }
         f.write_str(match self {
+            LeftOutReason::BadSchema(_) => unreachable!("written above"),
             LeftOutReason::Empty => "the name is empty",
             LeftOutReason::ControlCharacters => "the name holds control characters",
             LeftOutReason::NotPortable => {
@@ -82,7 +113,10 @@ impl std::fmt::Display for LeftOutReason {
 }
 
 /// A declared tool that is not advertised, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// Serialized as `{"service", "tool", "reason", "message"}`: `reason` is
+/// the reason's [`kind`](LeftOutReason::kind), `message` its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeftOut {
     /// The service that declared it.
     pub service: String,
@@ -90,6 +124,18 @@ pub struct LeftOut {
     pub tool: String,
     /// Why it is left out.
     pub reason: LeftOutReason,
+}
+
+impl Serialize for LeftOut {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("LeftOut", 4)?;
+        st.serialize_field("service", &self.service)?;
+        st.serialize_field("tool", &self.tool)?;
+        st.serialize_field("reason", self.reason.kind())?;
+        st.serialize_field("message", &self.reason.to_string())?;
+        st.end()
+    }
 }
 
 impl std::fmt::Display for LeftOut {

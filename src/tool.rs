@@ -1,4 +1,5 @@
-//! The tool description handed to an LLM API.
+//! The tool description handed to an LLM API, and the rules its schema
+//! must follow.
 
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +44,121 @@ pub struct BadToolSchema {
     pub source: serde_json::Error,
 }
 
+/// Why a tool's `parameters` cannot be handed to an LLM API: LLM APIs
+/// reject a whole request when one tool's input schema is not an object
+/// schema, so such a tool is left out, alone.
+///
+/// The rule: `parameters` must be a JSON object that is a valid JSON
+/// Schema (checked against its meta-schema, draft 2020-12 unless its
+/// `$schema` names another) whose top-level `type` is `"object"`, or that
+/// has no `type` (read as an object schema).
+///
+/// # Example
+///
+/// ```
+/// use exthost::{SchemaProblem, Tool};
+/// use serde_json::json;
+///
+/// assert!(Tool::new("ok", "", json!({"type": "object"})).check_parameters().is_ok());
+/// assert!(Tool::new("ok", "", json!({})).check_parameters().is_ok());
+/// let err = Tool::new("s", "", json!({"type": "string"})).check_parameters().unwrap_err();
+/// assert!(matches!(err, SchemaProblem::NotObjectType(_)));
+/// let err = Tool::new("n", "", json!(null)).check_parameters().unwrap_err();
+/// assert!(matches!(err, SchemaProblem::NotAnObject(_)));
+/// let err = Tool::new("i", "", json!({"properties": 3})).check_parameters().unwrap_err();
+/// assert!(matches!(err, SchemaProblem::Invalid(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemaProblem {
+    /// The `parameters` bytes are not JSON.
+    #[error("parameters are not JSON: {0}")]
+    NotJson(String),
+    /// The parameters are JSON, but not an object (`null`, an array, a
+    /// boolean schema, …); what they are.
+    #[error("parameters must be a JSON Schema object, not {0}")]
+    NotAnObject(&'static str),
+    /// The top-level `type` is not `"object"`; the `type` as JSON.
+    #[error("parameters must describe an object: the top-level `type` is {0}, not \"object\"")]
+    NotObjectType(String),
+    /// The parameters are not a valid JSON Schema; the first violation of
+    /// the meta-schema.
+    #[error("parameters are not a valid JSON Schema: {0}")]
+    Invalid(String),
+}
+
+/// A tool an extension declared that is not offered, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedTool {
+    /// The tool's name, as declared.
+    pub name: String,
+    /// What is wrong with its definition.
+    pub problem: SchemaProblem,
+}
+
+/// Splits `tools` into those whose `parameters` pass
+/// [`check_parameters`] and those rejected, with why (for tool lists that
+/// arrive already parsed, such as an MCP server's).
+pub(crate) fn partition_checked(tools: Vec<Tool>) -> (Vec<Tool>, Vec<RejectedTool>) {
+    let (mut ok, mut rejected) = (Vec::new(), Vec::new());
+    for tool in tools {
+        match tool.check_parameters() {
+            Ok(()) => ok.push(tool),
+            Err(problem) => rejected.push(RejectedTool {
+                name: tool.name,
+                problem,
+            }),
+        }
+    }
+    (ok, rejected)
+}
+
+/// Checks `parameters` against the rule of [`SchemaProblem`].
+pub fn check_parameters(parameters: &serde_json::Value) -> Result<(), SchemaProblem> {
+    use serde_json::Value;
+    let object = match parameters {
+        Value::Object(object) => object,
+        Value::Null => return Err(SchemaProblem::NotAnObject("null")),
+        Value::Bool(_) => return Err(SchemaProblem::NotAnObject("a boolean")),
+        Value::Number(_) => return Err(SchemaProblem::NotAnObject("a number")),
+        Value::String(_) => return Err(SchemaProblem::NotAnObject("a string")),
+        Value::Array(_) => return Err(SchemaProblem::NotAnObject("an array")),
+    };
+    match object.get("type") {
+        None => {}
+        Some(Value::String(t)) if t == "object" => {}
+        Some(other) => return Err(SchemaProblem::NotObjectType(other.to_string())),
+    }
+    jsonschema::meta::validate(parameters).map_err(|e| {
+        let at = e.instance_path().to_string();
+        if at.is_empty() {
+            SchemaProblem::Invalid(e.to_string())
+        } else {
+            SchemaProblem::Invalid(format!("at {at}: {e}"))
+        }
+    })
+}
+
 impl Tool {
+    /// Checks its `parameters` against the rule of [`SchemaProblem`].
+    pub fn check_parameters(&self) -> Result<(), SchemaProblem> {
+        check_parameters(&self.parameters)
+    }
+
+    /// Parses the wire form and checks it: a tool whose `parameters` are
+    /// not JSON, or not an object schema, is rejected with why.
+    pub fn from_def_checked(def: ToolDef) -> Result<Self, RejectedTool> {
+        let name = def.name.clone();
+        let tool = Tool::from_def(def).map_err(|bad| RejectedTool {
+            name: name.clone(),
+            problem: SchemaProblem::NotJson(bad.source.to_string()),
+        })?;
+        match tool.check_parameters() {
+            Ok(()) => Ok(tool),
+            Err(problem) => Err(RejectedTool { name, problem }),
+        }
+    }
+
     /// A non-strict tool.
     pub fn new(
         name: impl Into<String>,

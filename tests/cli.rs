@@ -470,3 +470,72 @@ async fn check_exits_1_when_it_cannot_run() {
         stderr(&out)
     );
 }
+
+/// `exthost tools` on one mock with no `services_dir`, run in `cwd` with
+/// `XDG_RUNTIME_DIR` set to `xdg`.
+async fn tools_with_runtime_dir(dir: &Path, cwd: &Path, xdg: &str) -> Output {
+    let cfg = dir.join("exthost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "logs_dir = \"{}/logs\"\n[services.m]\ncommand = \"{}\"\n",
+            dir.display(),
+            mock_bin().display()
+        ),
+    )
+    .unwrap();
+    output(
+        exthost()
+            .args(["tools", "--config"])
+            .arg(&cfg)
+            .current_dir(cwd)
+            .env("XDG_RUNTIME_DIR", xdg)
+            .env("RUST_LOG", "exthost=debug"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_empty_or_relative_xdg_runtime_dir_is_ignored_and_the_choice_logged() {
+    for xdg in ["", "relative/run"] {
+        let dir = temp_dir();
+        let cwd = dir.path().join("cwd");
+        std::fs::create_dir(&cwd).unwrap();
+        let out = tools_with_runtime_dir(dir.path(), &cwd, xdg).await;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        let left: Vec<_> = std::fs::read_dir(&cwd).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "XDG_RUNTIME_DIR={xdg:?} put {left:?} in the current folder"
+        );
+        assert!(
+            err.lines().any(|l| l.contains("DEBUG")
+                && l.contains("XDG_RUNTIME_DIR")
+                && l.contains("ignoring")),
+            "{err}"
+        );
+    }
+    // An absolute one is used.
+    let dir = temp_dir();
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    let out = tools_with_runtime_dir(dir.path(), dir.path(), xdg.to_str().unwrap()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(xdg.join("exthost/services").is_dir());
+}
+
+#[tokio::test]
+async fn a_toml_syntax_error_names_the_file_line_column_and_field() {
+    let dir = temp_dir();
+    let cfg = dir.path().join("broken.toml");
+    std::fs::write(&cfg, "[services.search]\ncrate = \"unterminated\n").unwrap();
+    let out = output(exthost().args(["tools", "--config"]).arg(&cfg)).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!("exthost: {}:2:", cfg.display())),
+        "{err}"
+    );
+    assert!(err.contains("`services.search.crate`"), "{err}");
+}

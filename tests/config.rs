@@ -67,7 +67,7 @@ fn json_loads_the_same_fields() {
 
 fn parse_error(text: &str) -> (String, String) {
     match HostConfig::from_toml_str(text).unwrap_err() {
-        ConfigError::Parse { at, message } => (at, message),
+        ConfigError::Parse { at, message, .. } => (at, message),
         other => panic!("{other:?}"),
     }
 }
@@ -96,7 +96,7 @@ fn unknown_field_is_refused() {
 #[test]
 fn empty_crate_without_command_is_an_error_naming_both() {
     let err = HostConfig::from_toml_str("[services.search]\ndescription = \"x\"\n").unwrap_err();
-    match &err {
+    match err.innermost() {
         ConfigError::Invalid { service, field, .. } => {
             assert_eq!(service, "search");
             assert_eq!(*field, "crate");
@@ -110,7 +110,7 @@ fn empty_crate_without_command_is_an_error_naming_both() {
 fn bad_service_name_is_refused() {
     let err = HostConfig::from_toml_str("[services.\"../evil\"]\ncrate = \"x\"\n").unwrap_err();
     assert!(
-        matches!(err, ConfigError::BadName { ref name } if name == "../evil"),
+        matches!(err.innermost(), ConfigError::BadName { name } if name == "../evil"),
         "{err:?}"
     );
 }
@@ -212,7 +212,7 @@ fn an_mcp_service_needs_exactly_one_of_command_and_url() {
         ("crate = \"x\"\nurl = \"http://h/mcp\"", "url"),
     ] {
         let err = HostConfig::from_toml_str(&format!("[services.svc]\n{text}\n")).unwrap_err();
-        match &err {
+        match err.innermost() {
             ConfigError::Invalid {
                 service, field: f, ..
             } => {
@@ -317,4 +317,182 @@ fn mcp_client_files_are_read_as_mcp_services() {
         text.contains("legacy") && text.contains("\"sse\""),
         "{text}"
     );
+}
+
+/// Writes `bytes` to `dir/name` and loads it.
+fn load(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<HostConfig, ConfigError> {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    HostConfig::load(&path)
+}
+
+fn temp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn a_utf8_byte_order_mark_is_accepted_in_every_format() {
+    let dir = temp();
+    let json = b"\xEF\xBB\xBF{\"services\": {\"a\": {\"crate\": \"a-ext\"}}}";
+    let cfg = load(dir.path(), "c.json", json).unwrap();
+    assert_eq!(cfg.services["a"].krate, "a-ext");
+    let toml = b"\xEF\xBB\xBF[services.a]\ncrate = \"a-ext\"\n";
+    let cfg = load(dir.path(), "c.toml", toml).unwrap();
+    assert_eq!(cfg.services["a"].krate, "a-ext");
+    // The same through the string parsers.
+    let text = std::str::from_utf8(json).unwrap();
+    assert_eq!(HostConfig::from_json_str(text).unwrap().services.len(), 1);
+    let text = std::str::from_utf8(toml).unwrap();
+    assert_eq!(HostConfig::from_toml_str(text).unwrap().services.len(), 1);
+}
+
+#[test]
+fn utf16_with_a_byte_order_mark_is_read_too() {
+    let dir = temp();
+    let text = "{\"services\": {\"a\": {\"crate\": \"a-ext\"}}}";
+    let mut le = vec![0xFF, 0xFE];
+    le.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+    assert_eq!(
+        load(dir.path(), "le.json", &le).unwrap().services["a"].krate,
+        "a-ext"
+    );
+    let mut be = vec![0xFE, 0xFF];
+    be.extend(text.encode_utf16().flat_map(u16::to_be_bytes));
+    assert_eq!(
+        load(dir.path(), "be.json", &be).unwrap().services["a"].krate,
+        "a-ext"
+    );
+}
+
+#[test]
+fn a_toml_syntax_error_names_the_file_line_column_and_field() {
+    let dir = temp();
+    let err = load(
+        dir.path(),
+        "c.toml",
+        b"# services\n[services.search]\ncrate = \"unterminated\n",
+    )
+    .unwrap_err();
+    let path = dir.path().join("c.toml");
+    let (file, line, column) = err.location();
+    assert_eq!(file, Some(path.as_path()));
+    assert_eq!(line, Some(3), "{err}");
+    assert!(column.is_some(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("{}:3:", path.display())),
+        "{text}"
+    );
+    assert!(text.contains("`services.search.crate`"), "{text}");
+}
+
+#[test]
+fn a_toml_type_error_names_the_file_line_column_and_field() {
+    let dir = temp();
+    let err = load(
+        dir.path(),
+        "c.toml",
+        b"[services.search]\ncrate = \"s\"\ncall_timeout = \"soon\"\n",
+    )
+    .unwrap_err();
+    let path = dir.path().join("c.toml");
+    assert_eq!(
+        err.location(),
+        (Some(path.as_path()), Some(3), Some(16)),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("{}:3:16: ", path.display())),
+        "{text}"
+    );
+    assert!(text.contains("`services.search.call_timeout`"), "{text}");
+}
+
+#[test]
+fn a_json_error_names_the_file_line_column_and_field() {
+    let dir = temp();
+    let err = load(
+        dir.path(),
+        "c.json",
+        b"{\"services\": {\n  \"a\": {\"crate\": \"x\", \"max_in_flight\": \"many\"}\n}}",
+    )
+    .unwrap_err();
+    let path = dir.path().join("c.json");
+    let (file, line, column) = err.location();
+    assert_eq!((file, line), (Some(path.as_path()), Some(2)), "{err}");
+    assert!(column.is_some(), "{err}");
+    assert!(
+        err.to_string().contains("`services.a.max_in_flight`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_invalid_value_names_the_file_and_the_line_of_its_field() {
+    let dir = temp();
+    let toml = b"[services.search]\ncrate = \"s\"\nmax_in_flight = 0\n";
+    let err = load(dir.path(), "c.toml", toml).unwrap_err();
+    let path = dir.path().join("c.toml");
+    assert_eq!(
+        err.location(),
+        (Some(path.as_path()), Some(3), Some(1)),
+        "{err}"
+    );
+    assert!(
+        matches!(
+            err.innermost(),
+            ConfigError::Invalid {
+                field: "max_in_flight",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}:3:1: service `search`: field `max_in_flight`",
+            path.display()
+        )),
+        "{err}"
+    );
+    let json = b"{\"services\": {\n \"a\": {\n  \"crate\": \"x\",\n  \"max_in_flight\": 0\n }}}";
+    let err = load(dir.path(), "c.json", json).unwrap_err();
+    let path = dir.path().join("c.json");
+    assert_eq!(
+        err.location(),
+        (Some(path.as_path()), Some(4), Some(3)),
+        "{err}"
+    );
+    // A field that is missing: the line of its service.
+    let err = load(
+        dir.path(),
+        "d.toml",
+        b"\n[services.search]\ndescription = \"x\"\n",
+    )
+    .unwrap_err();
+    let (_, line, _) = err.location();
+    assert_eq!(line, Some(2), "{err}");
+    // A bad service name: its line.
+    let err = load(
+        dir.path(),
+        "e.toml",
+        b"[services.\"../evil\"]\ncrate = \"x\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err.innermost(), ConfigError::BadName { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.location().1, Some(1), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_utf8_names_the_file_and_line() {
+    let dir = temp();
+    let err = load(dir.path(), "c.toml", b"[services.a]\ncrate = \"\xFF\"\n").unwrap_err();
+    let path = dir.path().join("c.toml");
+    assert_eq!(err.location().0, Some(path.as_path()));
+    assert_eq!(err.location().1, Some(2), "{err}");
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
 }

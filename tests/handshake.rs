@@ -244,12 +244,57 @@ async fn declares(
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn unparseable_schema_bytes_name_the_tool() {
+async fn unparseable_schema_bytes_leave_out_that_tool_alone_naming_it() {
     let schemas = vec![def("ok", b"{}"), def("broken", b"{not json")];
-    match declares(&["ok", "broken"], schemas).await.unwrap_err() {
-        HandshakeError::BadSchema(bad) => assert_eq!(bad.tool, "broken"),
-        other => panic!("{other:?}"),
-    }
+    let info = declares(&["ok", "broken"], schemas).await.unwrap();
+    assert_eq!(info.tools.len(), 1);
+    assert_eq!(info.tools[0].name, "ok");
+    assert_eq!(info.rejected.len(), 1);
+    assert_eq!(info.rejected[0].name, "broken");
+    assert!(
+        matches!(info.rejected[0].problem, exthost::SchemaProblem::NotJson(_)),
+        "{:?}",
+        info.rejected
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn parameters_that_are_no_object_schema_leave_out_that_tool_alone() {
+    let schemas = vec![
+        def(
+            "ok",
+            br#"{"type":"object","properties":{"q":{"type":"string"}}}"#,
+        ),
+        def("untyped", b"{}"),
+        def("string", br#"{"type":"string"}"#),
+        def("null", b"null"),
+        def("array", b"[1,2]"),
+        def("boolean", b"true"),
+        def("invalid", br#"{"type":"object","required":"q"}"#),
+    ];
+    let declared = &[
+        "ok", "untyped", "string", "null", "array", "boolean", "invalid",
+    ];
+    let info = declares(declared, schemas).await.unwrap();
+    let kept: Vec<_> = info.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(kept, ["ok", "untyped"]);
+    let rejected: Vec<_> = info
+        .rejected
+        .iter()
+        .map(|r| (r.name.as_str(), r.problem.to_string()))
+        .collect();
+    assert_eq!(rejected.len(), 5, "{rejected:?}");
+    assert!(
+        rejected[0].1.contains("top-level `type` is \"string\""),
+        "{rejected:?}"
+    );
+    assert!(rejected[1].1.contains("not null"), "{rejected:?}");
+    assert!(rejected[2].1.contains("not an array"), "{rejected:?}");
+    assert!(rejected[3].1.contains("not a boolean"), "{rejected:?}");
+    assert!(
+        rejected[4].1.contains("not a valid JSON Schema"),
+        "{rejected:?}"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

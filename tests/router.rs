@@ -415,7 +415,7 @@ fn names_llm_apis_refuse_are_left_out_and_reported() {
     let reasons: Vec<_> = table
         .left_out()
         .iter()
-        .map(|l| (l.tool.as_str(), l.reason))
+        .map(|l| (l.tool.as_str(), l.reason.clone()))
         .collect();
     assert_eq!(
         reasons,

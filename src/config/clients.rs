@@ -40,6 +40,9 @@ pub(super) fn from_client_json(root: Value, key: &'static str) -> Result<HostCon
             return Err(ConfigError::Parse {
                 at: format!("{key}.{name}"),
                 message: format!("service `{name}` is defined twice"),
+                file: None,
+                line: None,
+                column: None,
             });
         }
     }
@@ -51,6 +54,9 @@ fn entry_to_service(key: &str, name: &str, entry: Value) -> Result<ServiceConfig
     let wrong = |field: &str, expected: &str| ConfigError::Parse {
         at: at(field),
         message: format!("expected {expected}"),
+        file: None,
+        line: None,
+        column: None,
     };
     let Value::Object(mut entry) = entry else {
         return Err(wrong("", "an object"));

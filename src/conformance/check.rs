@@ -16,10 +16,12 @@ pub enum Check {
     RegisterTools,
     /// The `tools` capability names exactly the tools that have schemas.
     ToolsMatch,
-    /// Every tool's `parameters` is a structurally sound JSON Schema.
+    /// Every tool's `parameters` is a valid JSON Schema object whose
+    /// top-level `type` is `"object"` or absent (see
+    /// [`SchemaProblem`](crate::SchemaProblem)): what LLM APIs accept.
     Schemas,
     /// Every tool name fits `^[a-zA-Z0-9_-]{1,64}$` (what common LLM APIs
-    /// accept) and every tool has a description.
+    /// accept), is declared once, and every tool has a description.
     ToolNames,
     /// `get_schema` is answered with a `schema_result` holding JSON.
     GetSchema,

@@ -141,17 +141,20 @@ fn tool_checks(rec: &mut Recorder, ready: &Ready, defs: &[ToolDef]) {
     rec.record(
         Check::Schemas,
         joined(defs.iter().filter_map(|t| {
-            let problem = match serde_json::from_slice::<Value>(&t.parameters) {
-                Err(e) => format!("not JSON: {e}"),
-                Ok(v) => schema_problem(&v)?,
-            };
+            let problem = crate::Tool::from_def_checked(t.clone()).err()?.problem;
             Some(format!("`{}`: {problem}", t.name))
         })),
     );
+    let mut seen = std::collections::HashSet::new();
     rec.record(
         Check::ToolNames,
         joined(defs.iter().filter_map(|t| {
-            if !is_portable_tool_name(&t.name) {
+            if !seen.insert(t.name.as_str()) {
+                Some(format!(
+                    "`{}` is declared twice (the host keeps the first)",
+                    t.name
+                ))
+            } else if !is_portable_tool_name(&t.name) {
                 Some(format!("`{}` does not fit ^[a-zA-Z0-9_-]{{1,64}}$", t.name))
             } else if t.description.trim().is_empty() {
                 Some(format!("`{}` has no description", t.name))
@@ -187,44 +190,4 @@ async fn request(
             None => Ok(resp),
         },
     }
-}
-
-/// What is wrong with a JSON Schema, structurally, if anything.
-fn schema_problem(v: &Value) -> Option<String> {
-    const TYPES: &[&str] = &[
-        "null", "boolean", "object", "array", "number", "string", "integer",
-    ];
-    let obj = match v {
-        Value::Bool(_) => return None,
-        Value::Object(o) => o,
-        _ => return Some("a schema must be an object or a boolean".into()),
-    };
-    match obj.get("type") {
-        None => {}
-        Some(Value::String(t)) if TYPES.contains(&t.as_str()) => {}
-        Some(Value::Array(ts))
-            if ts
-                .iter()
-                .all(|t| t.as_str().is_some_and(|t| TYPES.contains(&t))) => {}
-        Some(t) => return Some(format!("`type` {t} is not a JSON Schema type")),
-    }
-    if let Some(props) = obj.get("properties") {
-        let Some(props) = props.as_object() else {
-            return Some("`properties` must be an object".into());
-        };
-        for (name, sub) in props {
-            if let Some(p) = schema_problem(sub) {
-                return Some(format!("property `{name}`: {p}"));
-            }
-        }
-    }
-    if let Some(req) = obj.get("required") {
-        if !req
-            .as_array()
-            .is_some_and(|r| r.iter().all(Value::is_string))
-        {
-            return Some("`required` must be an array of strings".into());
-        }
-    }
-    None
 }

@@ -47,7 +47,20 @@ pub enum StartError {
         /// The peer's user id.
         peer_uid: u32,
     },
-    /// Reading the peer's credentials failed.
+    /// The host is out of descriptors or memory (`EMFILE`, `ENFILE`,
+    /// `ENOMEM`, `ENOBUFS`) while connecting: reported at once, never
+    /// retried until a timeout.
+    #[error("service `{service}`: out of resources: cannot {what}: {source} (raise the hard descriptor limit, `ulimit -Hn`, or run fewer extensions)")]
+    Resources {
+        /// The service.
+        service: String,
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the peer's credentials, or connecting, failed.
     #[error("service `{service}`: cannot {what}: {source}")]
     Io {
         /// The service.
@@ -89,5 +102,17 @@ fn tail(log_tail: &str) -> String {
         String::new()
     } else {
         format!("; last log lines:\n{log_tail}")
+    }
+}
+
+impl StartError {
+    /// Whether the host ran out of descriptors or memory, spawning or
+    /// connecting.
+    pub fn is_resource_exhausted(&self) -> bool {
+        match self {
+            StartError::Resources { .. } => true,
+            StartError::Spawn(e) => e.is_resource_exhausted(),
+            _ => false,
+        }
     }
 }

@@ -77,6 +77,7 @@ pub(super) async fn ready(
             return Err(failed(e));
         }
     };
+    let (tools, rejected) = crate::tool::partition_checked(tools);
     let (server, version) = mcp.server_info();
     let info = ExtensionInfo {
         service: server.to_owned(),
@@ -84,6 +85,7 @@ pub(super) async fn ready(
         capabilities: Vec::new(),
         tools,
         mismatches: Vec::new(),
+        rejected,
     };
     let service = connector.stack(name, config).wrap(mcp.clone());
     tracing::info!(service = %name, tools = info.tools.len(), pid = process.map(|p| p.pid()), server = %info.service, "MCP server ready");

@@ -328,23 +328,40 @@ impl Connector {
         let claim = self.claim.get_or_init(|| {
             Claim::new(&self.paths).map_err(|(what, e)| ClaimFailed {
                 what,
+                errno: e.raw_os_error(),
                 kind: e.kind(),
                 message: e.to_string(),
             })
         });
         match claim {
             Ok(claim) => Ok(&claim.paths().services_dir),
-            Err(failed) => Err(SpawnError::Io {
-                service: String::new(),
-                what: failed.what,
-                source: std::io::Error::new(failed.kind, failed.message.clone()),
-            }),
+            Err(failed) => {
+                let source = match failed.errno {
+                    Some(errno) => std::io::Error::from_raw_os_error(errno),
+                    None => std::io::Error::new(failed.kind, failed.message.clone()),
+                };
+                Err(if process::is_resource_exhausted(&source) {
+                    SpawnError::Resources {
+                        service: String::new(),
+                        what: failed.what,
+                        source,
+                    }
+                } else {
+                    SpawnError::Io {
+                        service: String::new(),
+                        what: failed.what,
+                        source,
+                    }
+                })
+            }
         }
     }
 
     /// The first half of [`start`](Self::start): spawns the process (for
-    /// a remote MCP server, nothing).
+    /// a remote MCP server, nothing). The first spawn raises the host's
+    /// soft descriptor limit to its hard limit ([`process::raise_fd_limit`]).
     pub fn spawn(&self, target: Target) -> Result<Spawned, StartError> {
+        process::raise_fd_limit();
         let (process, pipes) = match target.config.kind {
             ServiceKind::Extension => {
                 let mut paths = (*self.paths).clone();
@@ -400,6 +417,7 @@ impl Connector {
 #[derive(Debug)]
 struct ClaimFailed {
     what: &'static str,
+    errno: Option<i32>,
     kind: std::io::ErrorKind,
     message: String,
 }
@@ -408,6 +426,11 @@ struct ClaimFailed {
 fn with_service(e: SpawnError, name: &str) -> SpawnError {
     match e {
         SpawnError::Io { what, source, .. } => SpawnError::Io {
+            service: name.to_owned(),
+            what,
+            source,
+        },
+        SpawnError::Resources { what, source, .. } => SpawnError::Resources {
             service: name.to_owned(),
             what,
             source,
@@ -488,8 +511,16 @@ impl Spawned {
 }
 
 /// Connects to `proc`'s socket, retrying the connect itself (1 ms,
-/// doubling to 25 ms) until it succeeds, the process exits, or `limit`
-/// passes.
+/// doubling to 25 ms) while the socket is not there or not listening yet,
+/// until it succeeds, the process exits, or `limit` passes.
+///
+/// # Errors
+///
+/// Any other failure to connect is reported at once, never retried:
+/// [`StartError::Resources`] when the host is out of descriptors or memory
+/// (`EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`), [`StartError::Io`] otherwise.
+/// [`StartError::Timeout`] when `limit` passes; [`StartError::ExitedEarly`]
+/// when the process exits first.
 pub async fn wait_for_socket(
     name: &str,
     proc: &ProcessHandle,
@@ -500,21 +531,48 @@ pub async fn wait_for_socket(
         let mut delay = Duration::from_millis(1);
         loop {
             match UnixStream::connect(&socket).await {
-                Ok(stream) => return stream,
-                // Not bound yet, or bound but not yet listening.
-                Err(_) => tokio::time::sleep(delay).await,
+                Ok(stream) => return Ok(stream),
+                // Not bound yet, or bound but not yet listening (or its
+                // backlog is full for a moment).
+                Err(e) if not_listening_yet(&e) => tokio::time::sleep(delay).await,
+                Err(source) if process::is_resource_exhausted(&source) => {
+                    return Err(StartError::Resources {
+                        service: name.to_owned(),
+                        what: "connect to its socket",
+                        source,
+                    })
+                }
+                Err(source) => {
+                    return Err(StartError::Io {
+                        service: name.to_owned(),
+                        what: "connect to its socket",
+                        source,
+                    })
+                }
             }
             delay = (delay * 2).min(Duration::from_millis(25));
         }
     };
     tokio::select! {
-        stream = tokio::time::timeout(limit, connect) => stream.map_err(|_| StartError::Timeout {
+        stream = tokio::time::timeout(limit, connect) => stream.unwrap_or_else(|_| Err(StartError::Timeout {
             service: name.to_owned(),
             after: limit,
             log_tail: proc.log_tail(LOG_TAIL_LINES),
-        }),
+        })),
         status = proc.exited() => Err(exited_early(name, proc, status).await),
     }
+}
+
+/// Whether a failed connect means the extension is not listening yet.
+fn not_listening_yet(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::NotFound
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::WouldBlock
+            | ErrorKind::Interrupted
+    )
 }
 
 /// A process that exited before it was ready, with the end of its log once

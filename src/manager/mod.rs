@@ -17,6 +17,11 @@
 //! Calls during an outage fail at once with [`CallError::Unavailable`];
 //! tool calls are never replayed.
 //!
+//! A connection that ends is noticed when it happens, idle or not: the
+//! service leaves `ready` at once, a process that lives on without its
+//! connection is stopped with its `shutdown_grace` (SIGTERM, the grace,
+//! SIGKILL), and then the policy applies.
+//!
 //! [`ServiceManager::builder`] takes user layers that wrap every
 //! per-extension stack, each restart's included (see
 //! [`Builder::layer`]).
@@ -74,7 +79,6 @@ pub(crate) use slot::Slot;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
@@ -84,7 +88,7 @@ use crate::config::ServiceConfig;
 use crate::connector::{Connector, StartError, Started};
 use crate::process::StopOutcome;
 use crate::proto::{ext_response::Msg, ExtRequest, RequestKind};
-use crate::registry::{Conflict, LeftOut, RegisteredTool, ToolNames};
+use crate::registry::{Conflict, LeftOut, LeftOutReason, RegisteredTool, ToolNames};
 use crate::router::{kind_of, CallError, Router, RoutingTable, Unavailable};
 
 /// A service's first start, as `handshake_all` waits for it.
@@ -114,8 +118,9 @@ impl Services {
             Ok(_) => self.rebuild_table(),
             Err(stale) => {
                 tracing::warn!(service = %slot.name, "a newer start won; stopping the older one");
+                let grace = slot.config.shutdown_grace();
                 tokio::spawn(async move {
-                    stale.stop(Duration::ZERO).await;
+                    stale.stop(grace).await;
                 });
             }
         }
@@ -143,20 +148,26 @@ impl Services {
     /// that declares them, or are not advertised at all. A service that is
     /// restarting keeps its routes (its calls are `unavailable` meanwhile).
     pub(crate) fn rebuild_table(&self) {
-        let (mut serving, mut down) = (Vec::new(), Vec::new());
+        let (mut serving, mut down, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
         for slot in self.slots.values() {
-            let tools = slot.live.read().expect("slot lock poisoned").tools.clone();
-            let list = if slot.status().state.is_terminal() {
-                &mut down
+            let live = slot.live.read().expect("slot lock poisoned");
+            let tools = live.tools.clone();
+            if slot.status().state.is_terminal() {
+                down.push((&slot.endpoint, tools));
             } else {
-                &mut serving
-            };
-            list.push((&slot.endpoint, tools));
+                serving.push((&slot.endpoint, tools));
+                rejected.extend(live.rejected.iter().map(|r| LeftOut {
+                    service: slot.name.clone(),
+                    tool: r.name.clone(),
+                    reason: LeftOutReason::BadSchema(r.problem.clone()),
+                }));
+            }
         }
         let table = RoutingTable::build_with(
             serving.iter().map(|(e, tools)| (*e, tools.as_slice())),
             self.tool_names,
         )
+        .with_left_out(rejected)
         .with_down(
             down.iter().map(|(e, tools)| (*e, tools.as_slice())),
             self.tool_names,
@@ -308,7 +319,8 @@ impl ServiceManager {
 
     /// Declared tools that are not advertised (an empty name, control
     /// characters, a name outside `^[a-zA-Z0-9_-]{1,64}$` unless
-    /// `tool_names` is `any`, a name declared twice), each with why.
+    /// `tool_names` is `any`, a name declared twice, `parameters` that are
+    /// not an object schema), each with why, in service-name order.
     pub fn left_out(&self) -> Vec<LeftOut> {
         self.shared().router.table().left_out().to_vec()
     }

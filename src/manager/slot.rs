@@ -11,7 +11,7 @@ use crate::config::ServiceConfig;
 use crate::connector::Started;
 use crate::router::{Endpoint, Unavailable};
 use crate::status::{ServiceState, ServiceStatus};
-use crate::tool::Tool;
+use crate::tool::{RejectedTool, Tool};
 
 #[derive(Debug, Default)]
 pub(crate) struct Live {
@@ -20,6 +20,8 @@ pub(crate) struct Live {
     /// The tools it declared last time it was ready; its routes keep them
     /// through an outage, so callers get `unavailable`, not `unknown tool`.
     pub(crate) tools: Vec<Tool>,
+    /// The tools it declared that were rejected for their definitions.
+    pub(crate) rejected: Vec<RejectedTool>,
     pub(crate) query: bool,
 }
 
@@ -91,12 +93,17 @@ impl Slot {
             return Err(Box::new(started));
         }
         live.generation = generation;
-        let (tools, query) = match &started.extension {
-            Some(ext) => (self.routed(ext.info.tools.clone()), ext.info.has_query()),
-            None => (Vec::new(), false),
+        let (tools, rejected, query) = match &started.extension {
+            Some(ext) => (
+                self.routed(ext.info.tools.clone()),
+                ext.info.rejected.clone(),
+                ext.info.has_query(),
+            ),
+            None => (Vec::new(), Vec::new(), false),
         };
-        let changed = tools != live.tools;
+        let changed = tools != live.tools || rejected != live.rejected;
         live.tools = tools;
+        live.rejected = rejected;
         live.query = query;
         let pid = started.pid();
         if let Some(ext) = &started.extension {
@@ -128,12 +135,17 @@ impl Slot {
     /// generation has begun. Returns whether anything changed.
     #[cfg_attr(not(feature = "mcp"), allow(dead_code))]
     pub(crate) fn update_tools(&self, generation: u64, tools: Vec<Tool>) -> bool {
+        let (tools, rejected) = crate::tool::partition_checked(tools);
         let tools = self.routed(tools);
         let mut live = self.live.write().expect("slot lock poisoned");
-        if generation != live.generation || live.started.is_none() || live.tools == tools {
+        if generation != live.generation
+            || live.started.is_none()
+            || (live.tools == tools && live.rejected == rejected)
+        {
             return false;
         }
         live.tools = tools;
+        live.rejected = rejected;
         true
     }
 

@@ -119,13 +119,12 @@ async fn exited(started: &Started) -> std::process::ExitStatus {
     }
 }
 
-/// Settles why an incarnation ended, and makes sure nothing of it is left:
-/// its process, and whatever it forked into its process group.
-async fn settle(started: &Started, cause: DownReason, grace: Duration) -> DownReason {
-    let cause = match cause {
-        // A crash closes the socket a moment before its exit is reaped:
-        // prefer the exit status when it follows. A protocol violation is
-        // the cause whatever the exit after we reset the connection.
+/// Settles why an incarnation ended: a connection that closed is
+/// reported by the process's exit status when the exit follows at once (a
+/// crash closes the socket a moment before its exit is reaped). A protocol
+/// violation is the cause whatever the exit after we reset the connection.
+async fn settle(started: &Started, cause: DownReason) -> DownReason {
+    match cause {
         DownReason::ConnectionLost(lost) if !lost.is_protocol_violation() => {
             let exited = match &started.process {
                 Some(p) => p.exited_within(crate::process::EXIT_AFTER_CLOSE).await,
@@ -137,15 +136,17 @@ async fn settle(started: &Started, cause: DownReason, grace: Duration) -> DownRe
             }
         }
         cause => cause,
-    };
-    // Alive with a broken connection: stopped at once before another
-    // starts. Exited: its helpers get the grace period.
-    let grace = match cause {
-        DownReason::Exited(_) => grace,
-        _ => Duration::ZERO,
-    };
+    }
+}
+
+/// Makes sure nothing of an ended incarnation is left: its process, if it
+/// lives on without its connection (SIGTERM, the grace period, SIGKILL),
+/// and whatever it forked into its process group. The grace is the
+/// configured one whatever the cause: a process whose connection ended may
+/// still be finishing work, and is given the same time to stop as at
+/// shutdown.
+async fn reap(started: Started, grace: Duration) {
     started.stop_ended(grace).await;
-    cause
 }
 
 /// What an operator asks of one service.
@@ -285,6 +286,8 @@ pub(crate) async fn supervise(
     };
     // Operators waiting for a start to settle.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    // An incarnation that ended, stopped once its status is published.
+    let mut ended: Option<Started> = None;
     loop {
         next = match next {
             Next::Watch => {
@@ -296,9 +299,12 @@ pub(crate) async fn supervise(
                 tokio::select! {
                     _ = shared.shutdown.cancelled() => return,
                     cause = incarnation_ends(&started) => {
-                        // Calls fail at once from here on.
+                        // Calls fail at once from here on; the status
+                        // changes before the process is given its grace.
                         slot.take(None);
-                        Next::Decide(settle(&started, cause, slot.config.shutdown_grace()).await)
+                        let reason = settle(&started, cause).await;
+                        ended = Some(started);
+                        Next::Decide(reason)
                     }
                     Some(ctl) = control.recv() => match ctl.command {
                         Command::Start => {
@@ -320,7 +326,11 @@ pub(crate) async fn supervise(
                 }
             }
             Next::Decide(reason) => {
+                let grace = slot.config.shutdown_grace();
                 if shared.shutdown.is_cancelled() {
+                    if let Some(started) = ended.take() {
+                        reap(started, grace).await;
+                    }
                     return;
                 }
                 let restart = match slot.config.restart {
@@ -329,7 +339,7 @@ pub(crate) async fn supervise(
                     RestartPolicy::Always => true,
                 };
                 tracing::warn!(service = %slot.name, %reason, restart, "service went down");
-                if !restart {
+                let next = if !restart {
                     let state = if reason.is_failure() {
                         ServiceState::Failed
                     } else {
@@ -361,7 +371,12 @@ pub(crate) async fn supervise(
                         s.error = Some(reason);
                     });
                     Next::Backoff(delay)
+                };
+                // What is left of the incarnation goes before another starts.
+                if let Some(started) = ended.take() {
+                    reap(started, grace).await;
                 }
+                next
             }
             Next::Backoff(delay) => tokio::select! {
                 _ = shared.shutdown.cancelled() => return,

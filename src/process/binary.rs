@@ -14,8 +14,8 @@ use crate::config::ServiceConfig;
 ///   has already made it relative to the configuration file);
 /// - `command` without one is a name looked up on the `PATH` the service
 ///   will run with: its own `env.PATH` if it sets one, else the host's;
-/// - otherwise `crate` is looked up in `$HOME/.cargo/bin`, then on that
-///   `PATH`.
+/// - otherwise `crate` is looked up in `$HOME/.cargo/bin` (when `HOME` is
+///   an absolute path), then on that `PATH`.
 ///
 /// # Errors
 ///
@@ -43,8 +43,10 @@ pub fn resolve_binary(name: &str, config: &ServiceConfig) -> Result<PathBuf, Spa
         (None, Some(bare)) => on_path(bare),
         (None, None) => {
             let mut candidates = Vec::new();
-            if let Some(home) = std::env::var_os("HOME") {
-                candidates.push(PathBuf::from(home).join(".cargo/bin").join(&config.krate));
+            // An empty or relative HOME is ignored: it would look in the
+            // current folder.
+            if let Some(home) = super::paths::absolute_env_dir("HOME") {
+                candidates.push(home.join(".cargo/bin").join(&config.krate));
             }
             candidates.extend(on_path(Path::new(&config.krate)));
             candidates

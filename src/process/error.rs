@@ -54,6 +54,18 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+    /// The host is out of descriptors or memory (`EMFILE`, `ENFILE`,
+    /// `ENOMEM`, `ENOBUFS`): reported at once, never retried.
+    #[error("service `{service}`: out of resources: cannot {what}: {source} (raise the hard descriptor limit, `ulimit -Hn`, or run fewer extensions)")]
+    Resources {
+        /// The service.
+        service: String,
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The operating system could not start the binary.
     #[error("service `{service}`: cannot spawn {binary}: {source}")]
     Exec {
@@ -65,6 +77,13 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl SpawnError {
+    /// Whether the host ran out of descriptors or memory.
+    pub fn is_resource_exhausted(&self) -> bool {
+        matches!(self, SpawnError::Resources { .. })
+    }
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

@@ -297,6 +297,7 @@ impl ProcessHandle {
             return StopOutcome::AlreadyExited(status);
         }
         let deadline = tokio::time::Instant::now() + grace;
+        let asked = ask.is_some();
         if let Some(ask) = ask {
             let _ = tokio::time::timeout_at(deadline, ask).await;
             let exited = tokio::time::timeout_at(deadline, self.exited()).await;
@@ -310,10 +311,14 @@ impl ProcessHandle {
         if let Some(status) = self.exited_within(grace).await {
             return StopOutcome::Terminated(status);
         }
+        // Only a process that was given time can be said to have ignored
+        // what it was sent.
         if grace.is_zero() {
             tracing::debug!(service = %self.name(), pid = self.pid(), "killing the extension");
+        } else if asked {
+            tracing::warn!(service = %self.name(), pid = self.pid(), ?grace, "extension ignored shutdown and SIGTERM; killing it");
         } else {
-            tracing::warn!(service = %self.name(), pid = self.pid(), "extension ignored shutdown and SIGTERM; killing it");
+            tracing::warn!(service = %self.name(), pid = self.pid(), ?grace, "extension ignored SIGTERM; killing it");
         }
         let _ = self.signal(Signal::SIGKILL);
         StopOutcome::Killed(self.exited().await)

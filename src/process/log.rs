@@ -43,15 +43,30 @@ impl LogFile {
         }
     }
 
-    fn writer(&self) -> FileRotate<AppendCount> {
+    /// The rotating writer. `spare` is a descriptor we hold (the log file,
+    /// opened to check it can be written): it is closed just before
+    /// file-rotate scans the folder, which needs one and panics without
+    /// it, so that a host out of descriptors gets an error here rather
+    /// than a panic (a panic that still comes, in a race with another
+    /// thread taking that descriptor, is turned into the error).
+    fn writer(&self, spare: std::fs::File) -> io::Result<FileRotate<AppendCount>> {
         let limit = usize::try_from(self.max_bytes.max(1)).unwrap_or(usize::MAX);
-        FileRotate::new(
-            &self.path,
-            AppendCount::new(self.keep),
-            ContentLimit::Bytes(limit),
-            Compression::None,
-            None,
-        )
+        drop(spare);
+        std::panic::catch_unwind(|| {
+            FileRotate::new(
+                &self.path,
+                AppendCount::new(self.keep),
+                ContentLimit::Bytes(limit),
+                Compression::None,
+                None,
+            )
+        })
+        .map_err(|_| {
+            io::Error::other(format!(
+                "cannot list the files beside {}",
+                self.path.display()
+            ))
+        })
     }
 }
 
@@ -61,6 +76,7 @@ pub(super) struct Pipe {
     pub(super) child: OwnedFd,
     drain: OwnedFd,
     log: LogFile,
+    writer: FileRotate<AppendCount>,
 }
 
 impl Pipe {
@@ -75,18 +91,20 @@ impl Pipe {
                 ));
             }
         }
-        // Fails early, with a real error, if the file cannot be written.
-        std::fs::OpenOptions::new()
+        // Fails early, with a real error, if the file cannot be written
+        // (or no descriptor is left).
+        let (drain, child) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let spare = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log.path)?;
-        let mut writer = log.writer();
+        let mut writer = log.writer(spare)?;
         writeln!(writer, "{header}")?;
-        let (drain, child) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         Ok(Pipe {
             child,
             drain,
             log: log.clone(),
+            writer,
         })
     }
 
@@ -97,10 +115,9 @@ impl Pipe {
     /// The receiver turns `true` once the output has ended and is written.
     pub(super) fn drain(self) -> io::Result<watch::Receiver<bool>> {
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(self.drain)?;
-        let log = self.log;
+        let (log, mut writer) = (self.log, self.writer);
         let (done, drained) = watch::channel(false);
         tokio::spawn(async move {
-            let mut writer = log.writer();
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 match rx.read(&mut buf).await {

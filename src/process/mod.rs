@@ -19,11 +19,15 @@
 //!   reach without cgroups;
 //! - socket paths over the OS limit are refused up front, naming the path;
 //! - [`ProcessHandle::stop`] is graceful: `shutdown`, then SIGTERM, then
-//!   SIGKILL, each after the grace period, and the child is always reaped.
+//!   SIGKILL, each after the grace period, and the child is always reaped;
+//! - the first spawn raises the host's soft descriptor limit to its hard
+//!   limit ([`raise_fd_limit`]), and each child gets back the soft limit
+//!   the host had before.
 //!
 //! What goes wrong before the process runs is a [`SpawnError`] naming the
 //! service: invalid configuration, no binary, a socket path too long, a
-//! folder that cannot be made private, or an `exec` that failed.
+//! folder that cannot be made private, an `exec` that failed, or, as
+//! [`SpawnError::Resources`] at once, no descriptors or memory left.
 //!
 //! The [`connector`](crate::connector) builds on this to wait for the socket,
 //! check the peer and run the handshake.
@@ -47,6 +51,7 @@ mod binary;
 mod claim;
 mod error;
 mod handle;
+mod limits;
 mod log;
 mod paths;
 mod spawn;
@@ -56,6 +61,7 @@ mod watchdog;
 pub use binary::resolve_binary;
 pub use error::SpawnError;
 pub use handle::{ProcessHandle, StopOutcome};
+pub use limits::{is_resource_exhausted, raise_fd_limit, FdLimit};
 pub use log::{rotated, LogFile};
 pub use paths::{check_socket_path, prepare_private_dir, Paths, MAX_SOCKET_PATH};
 pub use spawn::{spawn, spawn_command, spawn_stdio};

@@ -34,12 +34,17 @@ impl Paths {
         }
     }
 
-    /// A private per-user runtime folder: `$XDG_RUNTIME_DIR/exthost` if set,
-    /// else `/tmp/exthost-<uid>`.
+    /// A private per-user runtime folder: `$XDG_RUNTIME_DIR/exthost` if
+    /// that is set to an absolute path, else `/tmp/exthost-<uid>`.
+    ///
+    /// An `XDG_RUNTIME_DIR` that is empty or relative (common under `sudo`,
+    /// `su`, cron and in containers) is invalid by the XDG Base Directory
+    /// specification and ignored, with a debug log line saying so.
     pub fn runtime_default() -> Self {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(|d| PathBuf::from(d).join("exthost"))
-            .unwrap_or_else(|| PathBuf::from(format!("/tmp/exthost-{}", nix::unistd::geteuid())));
+        let base = match absolute_env_dir("XDG_RUNTIME_DIR") {
+            Some(dir) => dir.join("exthost"),
+            None => PathBuf::from(format!("/tmp/exthost-{}", nix::unistd::geteuid())),
+        };
         Paths {
             services_dir: base.join("services"),
             logs_dir: base.join("logs"),
@@ -77,6 +82,26 @@ impl Paths {
     /// The log file of service `name`.
     pub fn log(&self, name: &str) -> PathBuf {
         self.logs_dir.join(format!("{name}.log"))
+    }
+}
+
+/// The folder an environment variable names, if it is set to an absolute
+/// path. Empty and relative values are invalid for the variables exthost
+/// reads (`XDG_RUNTIME_DIR` by the XDG specification, `HOME`): they would
+/// point into whatever the current folder is. They are ignored, and the
+/// choice is logged at debug level.
+pub(crate) fn absolute_env_dir(var: &str) -> Option<PathBuf> {
+    let value = std::env::var_os(var)?;
+    let dir = PathBuf::from(&value);
+    if dir.is_absolute() {
+        Some(dir)
+    } else {
+        tracing::debug!(
+            var,
+            value = %dir.display(),
+            "ignoring an environment variable that is empty or not an absolute path"
+        );
+        None
     }
 }
 

@@ -147,6 +147,8 @@ fn spawn_logged(
     log: &LogFile,
     stdio: bool,
 ) -> Result<(ProcessHandle, Option<Pipes>), SpawnError> {
+    // The first spawn raises the host's descriptor limit (once).
+    super::limits::raise_fd_limit();
     let io_err = |what| io_error(name, what);
     let program = PathBuf::from(cmd.as_std().get_program());
     let header = format!("{}{name}: {}", super::log::HEADER_PREFIX, program.display());
@@ -169,15 +171,24 @@ fn spawn_logged(
     .process_group(0)
     .kill_on_drop(true);
     sys::kill_with_parent(&mut cmd);
+    if let Some((soft, hard)) = super::limits::for_children() {
+        sys::restore_fd_limit(cmd.as_std_mut(), soft, hard);
+    }
 
     let spawned = cmd.spawn();
     // Our copies of the child's end go now, so the drain sees the end of
     // the output when the child (and what inherited it) closes it.
     drop(cmd);
-    let mut child = spawned.map_err(|source| SpawnError::Exec {
-        service: name.to_owned(),
-        binary: program.clone(),
-        source,
+    let mut child = spawned.map_err(|source| {
+        if super::limits::is_resource_exhausted(&source) {
+            io_error(name, "spawn its process")(source)
+        } else {
+            SpawnError::Exec {
+                service: name.to_owned(),
+                binary: program.clone(),
+                source,
+            }
+        }
     })?;
     let pipes = if stdio {
         let stdin = child.stdin.take().expect("stdin was piped");
@@ -217,13 +228,24 @@ fn spawn_logged(
     ))
 }
 
-/// Wraps an i/o error of `service` while it did `what`.
+/// Wraps an i/o error of `service` while it did `what`: out of
+/// descriptors or memory, [`SpawnError::Resources`].
 fn io_error(service: &str, what: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
     let service = service.to_owned();
-    move |source| SpawnError::Io {
-        service,
-        what,
-        source,
+    move |source| {
+        if super::limits::is_resource_exhausted(&source) {
+            SpawnError::Resources {
+                service,
+                what,
+                source,
+            }
+        } else {
+            SpawnError::Io {
+                service,
+                what,
+                source,
+            }
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 //!
 //! `Command::pre_exec` is `unsafe` because the closure runs in a child that
 //! may hold locks copied from other threads of the parent; it must only make
-//! async-signal-safe system calls. Ours makes two: `prctl(PR_SET_PDEATHSIG)`
-//! and `getppid`.
+//! async-signal-safe system calls. Ours make three: `prctl(PR_SET_PDEATHSIG)`,
+//! `getppid` and `setrlimit`.
 
 #![allow(unsafe_code)]
 
@@ -27,6 +27,20 @@ pub(crate) fn kill_with_parent(cmd: &mut tokio::process::Command) {
             if nix::unistd::getppid() != parent {
                 return Err(nix::errno::Errno::ESRCH.into());
             }
+            Ok(())
+        });
+    }
+}
+
+/// Gives the child the descriptor limits `soft` and `hard` (the host's own
+/// soft limit was raised; see `limits`).
+pub(crate) fn restore_fd_limit(cmd: &mut std::process::Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls setrlimit(2), async-signal-safe, and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)?;
             Ok(())
         });
     }

@@ -59,13 +59,16 @@ fn start() -> Option<ChildStdin> {
     // as its stdin (saved in fd 3 first: a background job's stdin is
     // /dev/null before its own redirections), and exits; the watchdog is
     // reparented away from this process.
-    let spawned = Command::new("/bin/sh")
-        .args(["-c", "exec 3<&0; /bin/sh -c \"$0\" <&3 3<&- &", SCRIPT])
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "exec 3<&0; /bin/sh -c \"$0\" <&3 3<&- &", SCRIPT])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
+        .process_group(0);
+    if let Some((soft, hard)) = super::limits::for_children() {
+        super::sys::restore_fd_limit(&mut cmd, soft, hard);
+    }
+    let spawned = cmd.spawn();
     match spawned {
         Ok(mut child) => {
             let stdin = child.stdin.take()?;

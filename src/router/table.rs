@@ -349,6 +349,16 @@ impl RoutingTable {
         table
     }
 
+    /// Adds tools left out before the table was built (such as those the
+    /// handshake rejected for their definitions, see
+    /// [`ExtensionInfo::rejected`](crate::handshake::ExtensionInfo::rejected)),
+    /// keeping [`left_out`](Self::left_out) in service-name order.
+    pub fn with_left_out(mut self, left_out: impl IntoIterator<Item = LeftOut>) -> Self {
+        self.left_out.extend(left_out);
+        self.left_out.sort_by(|a, b| a.service.cmp(&b.service));
+        self
+    }
+
     /// Adds the routes of services that cannot serve now (failed,
     /// stopped): a tool no serving service offers still routes to its
     /// owner, so that a call gets `unavailable` with the owner's state and

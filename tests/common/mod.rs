@@ -230,7 +230,12 @@ pub struct Held {
 impl Gate {
     /// A gate at `dir/gate.sock`.
     pub fn bind(dir: &Path) -> Self {
-        let path = dir.join("gate.sock");
+        Self::bind_at(dir, "gate")
+    }
+
+    /// A gate at `dir/<name>.sock`, for a second one.
+    pub fn bind_at(dir: &Path, name: &str) -> Self {
+        let path = dir.join(format!("{name}.sock"));
         let listener = UnixListener::bind(&path).expect("bind the gate socket");
         Gate { path, listener }
     }
@@ -259,6 +264,15 @@ impl Gate {
             .expect("a `wait` call says its arguments")
             .to_owned();
         Held { args, _conn: conn }
+    }
+
+    /// Whether no connection is waiting to be accepted. Call it once
+    /// whatever could connect is gone: a connection made before then is
+    /// queued, and seen here.
+    pub async fn nothing_arrived(&self) -> bool {
+        tokio::time::timeout(Duration::ZERO, self.listener.accept())
+            .await
+            .is_err()
     }
 
     /// Waits (bounded) for a mock in `hang` mode to accept a connection;

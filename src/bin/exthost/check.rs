@@ -4,11 +4,13 @@
 use std::time::Duration;
 
 use exthost::conformance::Checker;
+
+use crate::output::{self, say, CLOSED_OUTPUT};
 use serde_json::Value;
 
 /// Checks `program`, prints the report, and returns the exit code: 0 if it
 /// conforms (every required check passed; with `strict`, every check), 1
-/// otherwise or if the check could not run.
+/// otherwise or if the check could not run, 7 if stdout cannot be written.
 pub(crate) async fn check(
     config_json: &str,
     timeout: Duration,
@@ -18,7 +20,7 @@ pub(crate) async fn check(
     let config: Value = match serde_json::from_str(config_json) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("exthost: --config-json is not JSON: {e}");
+            say!("exthost: --config-json is not JSON: {e}");
             return 1;
         }
     };
@@ -26,14 +28,17 @@ pub(crate) async fn check(
     let report = match checker.check_program(&program[0], &program[1..]).await {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("exthost: {e}");
+            say!("exthost: {e}");
             return 1;
         }
     };
-    print!("{}", report.display(strict));
+    if let Err(e) = output::out(&report.display(strict).to_string()) {
+        output::log_closed(Some(&e));
+        return CLOSED_OUTPUT;
+    }
     let conformant = report.is_conformant(strict);
     if !conformant && !report.output().is_empty() {
-        eprintln!("last lines of the extension's output:\n{}", report.output());
+        say!("last lines of the extension's output:\n{}", report.output());
     }
     u8::from(!conformant)
 }

@@ -6,10 +6,16 @@
 //! exthost run   --config FILE          # JSON lines on stdin/stdout
 //! exthost check [--config-json JSON] [--timeout DURATION] [--strict] -- PROGRAM [ARGS...]
 //! ```
+//!
+//! Exit codes: 0 success, 1 anything else, 2 to 6 the kinds of call
+//! errors, 7 standard output closed (see [`output`]).
 
 mod check;
+mod output;
 mod run;
 mod signals;
+
+use output::{say, CLOSED_OUTPUT};
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -38,7 +44,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start every service, print the tool table, the conflicts and the
-    /// failures, then shut down. Exit 1 if an enabled extension failed.
+    /// failures, then shut down. Exit 1 if an enabled extension failed, 7
+    /// if stdout was closed.
     Tools {
         /// The configuration file (TOML, or JSON if it ends in .json).
         #[arg(long)]
@@ -49,7 +56,7 @@ enum Command {
     },
     /// Start, call one tool, print its result, shut down. Exit codes: 0 ok,
     /// 2 unknown tool, 3 timeout, 4 extension error, 5 unavailable,
-    /// 6 protocol violation, 1 anything else.
+    /// 6 protocol violation, 7 standard output closed, 1 anything else.
     Call {
         /// The configuration file.
         #[arg(long)]
@@ -74,7 +81,8 @@ enum Command {
         json: bool,
     },
     /// Start and supervise every service, then serve JSON-lines requests on
-    /// stdin, answering on stdout.
+    /// stdin, answering on stdout. Exit 0, 1 if reading stdin failed, 7 if
+    /// stdout was closed.
     Run {
         /// The configuration file.
         #[arg(long)]
@@ -132,10 +140,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Before the runtime opens its own descriptors; extensions get back
+    // the soft limit we had.
+    exthost::process::raise_fd_limit();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("exthost: cannot start the runtime: {e}");
+            say!("exthost: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -144,7 +155,7 @@ fn main() -> ExitCode {
         let mut signals = match signals::Signals::install() {
             Ok(signals) => signals,
             Err(e) => {
-                eprintln!("exthost: cannot handle signals: {e}");
+                say!("exthost: cannot handle signals: {e}");
                 return 1;
             }
         };
@@ -191,7 +202,7 @@ fn main() -> ExitCode {
 /// Loads the configuration, or prints why not.
 fn load(path: &Path) -> Result<(HostConfig, Paths), u8> {
     let cfg = HostConfig::load(path).map_err(|e| {
-        eprintln!("exthost: {e}");
+        say!("exthost: {e}");
         1
     })?;
     let paths = Paths::for_host(&cfg);
@@ -218,7 +229,7 @@ async fn start(manager: &ServiceManager) -> StartReport {
 fn start_in_background(manager: &ServiceManager) -> tokio::task::JoinHandle<StartReport> {
     let tty = std::io::stderr().is_terminal();
     if tty {
-        eprintln!("starting {} services…", manager.services().count());
+        say!("starting {} services…", manager.services().count());
     }
     manager.spawn_all();
     let manager = manager.clone();
@@ -229,10 +240,10 @@ async fn handshaken(manager: &ServiceManager, tty: bool) -> StartReport {
     let report = manager.handshake_all().await;
     if tty {
         for name in &report.ready {
-            eprintln!("  ready   {name}");
+            say!("  ready   {name}");
         }
         for (name, _) in &report.failed {
-            eprintln!("  failed  {name}");
+            say!("  failed  {name}");
         }
     }
     report
@@ -264,6 +275,10 @@ async fn tools(path: &Path, json: bool, signals: &mut signals::Signals) -> u8 {
         Ok(manager) => manager,
         Err(code) => return code,
     };
+    if output::stdout_closed() {
+        output::log_closed(None);
+        return CLOSED_OUTPUT;
+    }
     let report = tokio::select! {
         biased;
         signal = signals.recv() => {
@@ -272,8 +287,8 @@ async fn tools(path: &Path, json: bool, signals: &mut signals::Signals) -> u8 {
         }
         report = start(&manager) => report,
     };
-    if json {
-        println!("{}", tools_json(&manager));
+    let printed = if json {
+        output::out(&format!("{}\n", tools_json(&manager)))
     } else {
         let tools = manager.tools();
         let sw = tools
@@ -288,25 +303,34 @@ async fn tools(path: &Path, json: bool, signals: &mut signals::Signals) -> u8 {
             .chain([4])
             .max()
             .unwrap_or(4);
-        println!("{:<sw$}  {:<tw$}  DESCRIPTION", "SERVICE", "TOOL");
+        let mut table = format!("{:<sw$}  {:<tw$}  DESCRIPTION\n", "SERVICE", "TOOL");
         for t in &tools {
-            println!(
-                "{:<sw$}  {:<tw$}  {}",
+            table += &format!(
+                "{:<sw$}  {:<tw$}  {}\n",
                 t.service, t.tool.name, t.tool.description
             );
         }
+        output::out(&table)
+    };
+    if let Err(e) = printed {
+        output::log_closed(Some(&e));
+        manager.shutdown_all().await;
+        return CLOSED_OUTPUT;
     }
     for left_out in manager.left_out() {
-        eprintln!("left out: {left_out}");
+        say!("left out: {left_out}");
     }
     for c in manager.conflicts() {
-        eprintln!(
+        say!(
             "conflict: tool `{}` is declared by `{}` and `{}`; `{}` keeps it",
-            c.tool, c.kept, c.dropped, c.kept
+            c.tool,
+            c.kept,
+            c.dropped,
+            c.kept
         );
     }
     for (name, e) in &report.failed {
-        eprintln!("failed: {name}: {e}");
+        say!("failed: {name}: {e}");
     }
     manager.shutdown_all().await;
     u8::from(!report.failed.is_empty())
@@ -338,6 +362,11 @@ async fn call_one(
         Ok(manager) => manager,
         Err(code) => return code,
     };
+    // Nobody would read the result: the call is not made.
+    if output::stdout_closed() {
+        output::log_closed(None);
+        return CLOSED_OUTPUT;
+    }
     let starting = start_in_background(&manager);
     let tool = call.name.clone();
     let fut = manager.router().oneshot(call);
@@ -377,30 +406,33 @@ async fn call_one(
             .values()
             .any(|s| s.state != exthost::manager::ServiceState::Ready);
     let code = match result {
-        Ok(output) if json => {
-            println!(
-                "{}",
-                serde_json::to_string(&output).expect("an output always serializes")
-            );
-            0
-        }
-        Ok(output) => {
-            println!("{}", output.into_text());
-            0
+        Ok(out) => {
+            let text = if json {
+                serde_json::to_string(&out).expect("an output always serializes")
+            } else {
+                out.into_text()
+            };
+            match output::out(&format!("{text}\n")) {
+                Ok(()) => 0,
+                Err(e) => {
+                    output::log_closed(Some(&e));
+                    CLOSED_OUTPUT
+                }
+            }
         }
         Err(CallError::UnknownTool { tool }) if start_failed => {
-            eprintln!("exthost: start failure: no ready service offers `{tool}`, and not every service started (see below)");
+            say!("exthost: start failure: no ready service offers `{tool}`, and not every service started (see below)");
             1
         }
         Err(e) => {
-            eprintln!("exthost: {} error: {e}", e.kind());
+            say!("exthost: {} error: {e}", e.kind());
             exit_code(&e)
         }
     };
     manager.shutdown_all().await;
     if let Ok(report) = starting.await {
         for (name, e) in &report.failed {
-            eprintln!("failed: {name}: {e}");
+            say!("failed: {name}: {e}");
         }
     }
     code

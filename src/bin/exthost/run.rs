@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use crate::output::{self, CLOSED_OUTPUT};
 use crate::signals::Signals;
 
 /// A failed request: its kind and message, and for a tool call whether
@@ -61,8 +62,11 @@ fn bad_request(message: impl Into<String>) -> Failure {
 /// Every accepted request gets exactly one answer: at end of input, the
 /// requests in flight finish, then everything shuts down; on a termination
 /// signal, shutdown begins at once alongside the requests in flight, which
-/// get their answers or `unavailable` as their extensions stop. Exit 0, or
-/// 1 when reading stdin failed (after the same orderly shutdown).
+/// get their answers or `unavailable` as their extensions stop. A closed
+/// output (the first write that fails, or stdout's reader seen gone) ends
+/// the session the same way as a signal, with one log line: no request is
+/// taken after it. Exit 0, 1 when reading stdin failed, or 7 when stdout
+/// was closed (after the same orderly shutdown).
 ///
 /// At most `limits.requests` requests, holding at most `limits.bytes` bytes
 /// of request lines, are read but not yet answered (written out); past
@@ -78,14 +82,27 @@ pub(crate) async fn run(path: &Path, limits: PendingLimits, signals: &mut Signal
 
     // One writer, so every answer goes out as one whole line; a request's
     // pending permit goes with its answer and is freed once it is written.
+    // The first failed write ends the session (`closed`), as does a reader
+    // that goes away while nothing is written (the watch).
+    let closed = output::Closed::default();
+    closed.watch_stdout();
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, Pending)>();
-    let writer = tokio::spawn(async move {
-        let mut out = tokio::io::stdout();
-        while let Some((mut line, _pending)) = rx.recv().await {
-            line.push('\n');
-            if out.write_all(line.as_bytes()).await.is_err() || out.flush().await.is_err() {
-                break;
+    let writer = tokio::spawn({
+        let closed = closed.clone();
+        async move {
+            let mut out = tokio::io::stdout();
+            while let Some((mut line, _pending)) = rx.recv().await {
+                line.push('\n');
+                let written = match out.write_all(line.as_bytes()).await {
+                    Ok(()) => out.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
+                    closed.close(Some(&e));
+                    return true;
+                }
             }
+            false
         }
     });
 
@@ -97,16 +114,18 @@ pub(crate) async fn run(path: &Path, limits: PendingLimits, signals: &mut Signal
     let mut skipping = None;
     let mut read_failed = false;
     let mut inflight = JoinSet::new();
-    let signal = loop {
+    let stop = loop {
         // No more requests are read while `max_pending` await their answers.
         let permit = tokio::select! {
             biased;
-            signal = signals.recv() => break Some(signal),
+            signal = signals.recv() => break Some(Stop::Signal(signal)),
+            () = closed.closed() => break Some(Stop::Closed),
             permit = pending.clone().acquire_owned() => permit.expect("never closed"),
         };
         let read = tokio::select! {
             biased;
-            signal = signals.recv() => break Some(signal),
+            signal = signals.recv() => break Some(Stop::Signal(signal)),
+            () = closed.closed() => break Some(Stop::Closed),
             read = read_line_capped(&mut input, &mut line, MAX_LINE_BYTES, &mut skipping) => read,
         };
         match read {
@@ -132,7 +151,8 @@ pub(crate) async fn run(path: &Path, limits: PendingLimits, signals: &mut Signal
                 let weight = line.len().clamp(1, budget) as u32;
                 let bytes = tokio::select! {
                     biased;
-                    signal = signals.recv() => break Some(signal),
+                    signal = signals.recv() => break Some(Stop::Signal(signal)),
+                    () = closed.closed() => break Some(Stop::Closed),
                     bytes = pending_bytes.clone().acquire_many_owned(weight) => bytes.expect("never closed"),
                 };
                 // Bytes that are not UTF-8 get a `bad_request`, like any
@@ -142,6 +162,13 @@ pub(crate) async fn run(path: &Path, limits: PendingLimits, signals: &mut Signal
                 line.clear();
                 if text.trim().is_empty() {
                     continue;
+                }
+                // No request is taken once its answer could not be read.
+                if !closed.is_closed() && output::stdout_closed() {
+                    closed.close(None);
+                }
+                if closed.is_closed() {
+                    break Some(Stop::Closed);
                 }
                 let (manager, tx) = (manager.clone(), tx.clone());
                 inflight.spawn(async move {
@@ -169,31 +196,47 @@ pub(crate) async fn run(path: &Path, limits: PendingLimits, signals: &mut Signal
     };
     let drain = async { while inflight.join_next().await.is_some() {} };
     tokio::pin!(drain);
-    let signal = match signal {
-        Some(signal) => Some(signal),
+    let stop = match stop {
+        Some(stop) => Some(stop),
         // End of input: the requests in flight finish first, unless a
-        // signal asks for the shutdown to begin now.
+        // signal or a closed output asks for the shutdown to begin now.
         None => tokio::select! {
             biased;
-            signal = signals.recv() => Some(signal),
+            signal = signals.recv() => Some(Stop::Signal(signal)),
+            () = closed.closed() => Some(Stop::Closed),
             () = &mut drain => None,
         },
     };
-    match signal {
+    match &stop {
         None => {
             manager.shutdown_all().await;
         }
-        Some(signal) => {
+        Some(stop) => {
             // New calls fail at once as shutting down; calls in flight get
             // their answers while their extensions finish, or `unavailable`.
-            tracing::info!(signal, "signal received; shutting down");
+            if let Stop::Signal(signal) = stop {
+                tracing::info!(signal, "signal received; shutting down");
+            }
             tokio::join!(manager.shutdown_all(), drain);
         }
     }
     drop(tx);
-    let _ = writer.await;
+    let write_failed = writer.await.unwrap_or(false);
     let _ = starting.await;
-    u8::from(read_failed)
+    // A reader that leaves after every answer was written ends nothing.
+    if matches!(stop, Some(Stop::Closed)) || write_failed {
+        CLOSED_OUTPUT
+    } else {
+        u8::from(read_failed)
+    }
+}
+
+/// Why the session ends before its input does.
+enum Stop {
+    /// A termination signal, by name.
+    Signal(&'static str),
+    /// Standard output cannot be written.
+    Closed,
 }
 
 /// The longest request line read: 32 MiB (a request's frame is at most
