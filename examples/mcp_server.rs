@@ -33,7 +33,9 @@
 //!   `text`; with `"structured": true` also `structuredContent`
 //!   `{"text": text}`.
 //! - `sleep {ms: integer}`: sleeps `ms` milliseconds, then answers
-//!   `slept <ms>`. If the client cancels the request
+//!   `slept <ms>`. When the request carries a progress token, it first
+//!   sends one progress notification (0 of `ms`, message
+//!   `sleeping <ms> ms`). If the client cancels the request
 //!   (`notifications/cancelled`) it stops at once and appends the line
 //!   `cancelled sleep <ms>` to the file named by `MCP_CANCEL_LOG` (if set)
 //!   and to stderr.
@@ -71,8 +73,8 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListToolsResult, PaginatedRequestParams, Resource, ServerCapabilities,
-    ServerConfig, Tool,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, Resource,
+    ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -208,6 +210,13 @@ impl TestServer {
                     .get("ms")
                     .and_then(Value::as_u64)
                     .ok_or_else(|| bad_args("`ms` must be a non-negative integer"))?;
+                // Progress at the start, for a client that asked for it.
+                if let Some(token) = context.meta.get_progress_token() {
+                    let progress = ProgressNotificationParam::new(token, 0.0)
+                        .with_total(ms as f64)
+                        .with_message(format!("sleeping {ms} ms"));
+                    let _ = context.peer.notify_progress(progress).await;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(ms)) => {
                         Ok(CallToolResult::success(vec![ContentBlock::text(format!("slept {ms}"))]))

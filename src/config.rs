@@ -404,6 +404,19 @@ impl ServiceConfig {
             problem,
         };
         if self.kind == ServiceKind::Mcp {
+            if !self.krate.is_empty() {
+                return Err(field(
+                    "crate",
+                    "is not used by MCP services: give the server's `command` (and `args`)"
+                        .to_owned(),
+                ));
+            }
+            if self.config.as_object().is_none_or(|o| !o.is_empty()) {
+                return Err(field(
+                    "config",
+                    "is not used by MCP services (they have no `configure`): pass settings in `args` or `env`".to_owned(),
+                ));
+            }
             match (&self.command, &self.url) {
                 (Some(_), Some(_)) => {
                     return Err(field(
@@ -424,7 +437,10 @@ impl ServiceConfig {
                         ));
                     }
                 }
-                (Some(_), None) => {
+                (Some(command), None) => {
+                    if command.as_os_str().is_empty() {
+                        return Err(field("command", "is empty".to_owned()));
+                    }
                     if !self.headers.is_empty() {
                         return Err(field(
                             "headers",

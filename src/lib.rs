@@ -32,6 +32,8 @@
 //!   holds only its routing table.
 //! - [`manager`]: starts, supervises and restarts the services per their
 //!   policy, and keeps the router's table current.
+//! - `mcp_server` (feature `mcp`): every hosted tool served to MCP clients
+//!   (what `exthost mcp` runs).
 //!
 //! # Example
 //!
@@ -83,6 +85,8 @@ pub mod handshake;
 pub mod manager;
 #[cfg(feature = "mcp")]
 pub mod mcp;
+#[cfg(feature = "mcp")]
+pub mod mcp_server;
 pub mod process;
 pub mod proto;
 pub mod registry;

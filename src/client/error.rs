@@ -62,6 +62,11 @@ pub enum ConnectionError {
     /// stays in step and keeps serving.
     #[error("protocol violation: unusable answer: {0}")]
     UnusableAnswer(Arc<CodecError>),
+    /// An MCP server's answer that does not follow the protocol (a result
+    /// of the wrong type, or one that does not parse). Only its call
+    /// fails; the session goes on.
+    #[error("protocol violation: malformed answer: {0}")]
+    Malformed(Arc<str>),
     /// The oldest request went unanswered long past its deadline.
     ///
     /// An extension that skips an answer would shift every later answer by
@@ -93,6 +98,7 @@ impl ConnectionError {
                 | ConnectionError::Mismatched { .. }
                 | ConnectionError::Stuck { .. }
                 | ConnectionError::UnusableAnswer(_)
+                | ConnectionError::Malformed(_)
         )
     }
 }

@@ -34,8 +34,13 @@ pub(super) fn from_client_json(root: Value, key: &'static str) -> Result<HostCon
         unreachable!("client_key checked it is an object")
     };
     let mut cfg = HostConfig::default();
-    for (name, entry) in servers {
-        let service = entry_to_service(key, &name, entry)?;
+    for (given, entry) in servers {
+        let service = entry_to_service(key, &given, entry)?;
+        // Service names become file names; clients allow any key.
+        let name = service_name(&given, |n| cfg.services.contains_key(n));
+        if name != given {
+            tracing::warn!(server = %given, service = %name, "a server's name is not a usable service name; renamed");
+        }
         if cfg.services.insert(name.clone(), service).is_some() {
             return Err(ConfigError::Parse {
                 at: format!("{key}.{name}"),
@@ -138,4 +143,31 @@ fn entry_to_service(key: &str, name: &str, entry: Value) -> Result<ServiceConfig
         tracing::warn!(service = %name, key = %other, "ignoring a key exthost does not use");
     }
     Ok(service)
+}
+
+/// A usable service name for a client's server key: every character
+/// outside `A-Z a-z 0-9 _ -` becomes `_`, at most 64 characters, and a
+/// number appended if `taken` says the name is already used.
+fn service_name(given: &str, taken: impl Fn(&str) -> bool) -> String {
+    let mut base: String = given
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(60)
+        .collect();
+    if base.is_empty() {
+        base.push_str("server");
+    }
+    if base == given || !taken(&base) {
+        return base;
+    }
+    (2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|n| !taken(n))
+        .expect("some number is free")
 }

@@ -31,6 +31,18 @@ pub(crate) fn expand(
             Some((name, default)) => (name, Some(default)),
             None => (inner, None),
         };
+        // VS Code's spelling of the same thing.
+        let name = name.strip_prefix("env:").unwrap_or(name);
+        if name.starts_with("input:") {
+            return Err(ExpandError::Malformed(format!(
+                "${{{inner}}} (VS Code prompts for inputs; exthost cannot: put the value in an environment variable and write ${{NAME}})"
+            )));
+        }
+        if default.is_some_and(|d| d.contains("${")) {
+            return Err(ExpandError::Malformed(format!(
+                "${{{inner}}} (a default cannot hold another ${{...}})"
+            )));
+        }
         let valid =
             !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid {
@@ -69,6 +81,7 @@ mod tests {
         assert_eq!(expand("$HOME ${HOME}", &env).unwrap(), "$HOME /home/me");
         assert_eq!(expand("no vars", &env).unwrap(), "no vars");
         assert_eq!(expand("${NOPE:-}", &env).unwrap(), "");
+        assert_eq!(expand("${env:HOME}", &env).unwrap(), "/home/me");
     }
 
     #[test]

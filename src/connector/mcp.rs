@@ -68,8 +68,11 @@ pub(super) async fn ready(
         Ok(ok) => ok,
         Err(e) => {
             // A server that exits mid-handshake closes its output a moment
-            // before its exit is reaped: report the exit if it follows.
-            if let Some(p) = process {
+            // before its exit is reaped: report the exit if it follows. Not
+            // after a timeout: giving up closed its stdin, and most servers
+            // then exit cleanly, which is not why it failed.
+            let timed_out = matches!(e, McpError::Timeout { .. });
+            if let (Some(p), false) = (process, timed_out) {
                 if let Some(status) = p.exited_within(process::EXIT_AFTER_CLOSE).await {
                     return Err(exited_early(name, p, status).await);
                 }

@@ -38,9 +38,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-    ProtocolVersion,
+    CallToolRequestParams, CallToolResult, CancelledNotificationParam, ClientCapabilities,
+    ClientConfig, ClientRequest, Implementation, ProgressNotificationParam, ProgressToken,
+    ProtocolVersion, ServerResult,
 };
+use rmcp::service::PeerRequestOptions;
 use rmcp::service::{NotificationContext, RunningServiceCancellationToken};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -103,7 +105,12 @@ struct Shared {
     tools_changed: watch::Receiver<u64>,
     server: String,
     version: String,
+    /// Where the progress of calls in flight goes, by progress token.
+    progress: Progress,
 }
+
+/// Progress sinks by the progress token of the upstream request.
+type Progress = Arc<Mutex<HashMap<ProgressToken, ProgressSink>>>;
 
 impl Clone for McpConnection {
     fn clone(&self) -> Self {
@@ -129,6 +136,7 @@ impl fmt::Debug for McpConnection {
 /// `notifications/tools/list_changed`.
 struct Handler {
     tools_changed: watch::Sender<u64>,
+    progress: Progress,
 }
 
 impl ClientHandler for Handler {
@@ -137,6 +145,27 @@ impl ClientHandler for Handler {
         _context: NotificationContext<RoleClient>,
     ) -> impl Future<Output = ()> + Send + '_ {
         self.tools_changed.send_modify(|n| *n += 1);
+        std::future::ready(())
+    }
+
+    fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        let sink = self
+            .progress
+            .lock()
+            .expect("lock poisoned")
+            .get(&params.progress_token)
+            .cloned();
+        if let Some(sink) = sink {
+            (sink.0)(CallProgress {
+                progress: params.progress,
+                total: params.total,
+                message: params.message,
+            });
+        }
         std::future::ready(())
     }
 
@@ -194,7 +223,11 @@ impl McpConnection {
             let value = http::HeaderValue::from_str(value).map_err(|e| bad(e.to_string()))?;
             custom.insert(key, value);
         }
-        let config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(custom);
+        let mut config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(custom);
+        // A response stream that breaks fails its call at once (the
+        // session ends and the supervisor applies the restart policy),
+        // instead of retrying a server that may be gone.
+        config.retry_config = Arc::new(NoRetry);
         Self::open(
             StreamableHttpClientTransport::from_config(config),
             max_in_flight,
@@ -208,8 +241,10 @@ impl McpConnection {
         E: std::error::Error + Send + Sync + 'static,
     {
         let (changed_tx, tools_changed) = watch::channel(0);
+        let progress = Progress::default();
         let handler = Handler {
             tools_changed: changed_tx,
+            progress: progress.clone(),
         };
         let running = handler
             .serve(transport)
@@ -238,6 +273,7 @@ impl McpConnection {
                 tools_changed,
                 server,
                 version,
+                progress,
             }),
             slots: PollSemaphore::new(Arc::new(Semaphore::new(max_in_flight.max(1)))),
             permit: None,
@@ -286,6 +322,38 @@ impl McpConnection {
         ConnectionError::Closed
     }
 
+    /// `tools/call` with its progress notifications sent to `sink`; a
+    /// call dropped before its answer is cancelled upstream, as
+    /// `Peer::call_tool` does.
+    async fn call_with_progress(
+        &self,
+        params: CallToolRequestParams,
+        sink: ProgressSink,
+    ) -> Result<CallToolResult, rmcp::ServiceError> {
+        let request = ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
+        let handle = self
+            .peer
+            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .await?;
+        let mut guard = InFlight {
+            peer: self.peer.clone(),
+            progress: self.shared.progress.clone(),
+            token: handle.progress_token.clone(),
+            id: Some(handle.id.clone()),
+        };
+        self.shared
+            .progress
+            .lock()
+            .expect("lock poisoned")
+            .insert(guard.token.clone(), sink);
+        let response = handle.await_response().await;
+        guard.id = None;
+        match response? {
+            ServerResult::CallToolResult(result) => Ok(result),
+            _ => Err(rmcp::ServiceError::UnexpectedResponse),
+        }
+    }
+
     /// Ends the session without waiting.
     fn end(&self) {
         let token = self.shared.cancel.lock().expect("lock poisoned").take();
@@ -298,6 +366,15 @@ impl McpConnection {
     /// to exit); for HTTP, sends `DELETE`. Waits up to `within` for the
     /// session to wind down. Calls still in flight fail as closed.
     pub async fn close(&self, within: Duration) {
+        // What is queued (the cancellation of a call just given up) goes
+        // out before the session ends: a ping queues behind it.
+        if !self.is_closed() {
+            let flush = within.min(Duration::from_millis(500));
+            let ping = self
+                .peer
+                .send_request(ClientRequest::PingRequest(Default::default()));
+            let _ = tokio::time::timeout(flush, ping).await;
+        }
         self.end();
         let _ = tokio::time::timeout(within, self.broken()).await;
     }
@@ -309,19 +386,112 @@ impl McpConnection {
 fn describe_init(e: &rmcp::service::ClientInitializeError) -> String {
     match e {
         rmcp::service::ClientInitializeError::TransportError { error, context } => {
-            let mut text = error.error.to_string();
-            let mut source = error.error.source();
-            while let Some(cause) = source {
-                let cause_text = cause.to_string();
-                if !text.contains(&cause_text) {
-                    text.push_str(": ");
-                    text.push_str(&cause_text);
-                }
-                source = cause.source();
-            }
-            format!("{text} (when {context})")
+            format!("{} (when {context})", describe_transport(error))
         }
         other => other.to_string(),
+    }
+}
+
+/// A transport failure in words: the cause and its own causes, without
+/// rmcp's transport type name.
+fn describe_transport(error: &rmcp::transport::DynamicTransportError) -> String {
+    let mut text = error.error.to_string();
+    let mut source = error.error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+tokio::task_local! {
+    /// Where the progress of the MCP call made in this scope goes.
+    static PROGRESS: ProgressSink;
+}
+
+/// A progress notification of a call, as an MCP server sent it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CallProgress {
+    /// The progress so far.
+    pub progress: f64,
+    /// The total, if known.
+    pub total: Option<f64>,
+    /// What is happening, if said.
+    pub message: Option<String>,
+}
+
+/// Receives the progress of a call (see [`with_progress`]).
+#[derive(Clone)]
+struct ProgressSink(Arc<dyn Fn(CallProgress) + Send + Sync>);
+
+/// Runs `fut` (a call through the router, say) with `sink` receiving the
+/// progress notifications an MCP server sends for the `tools/call` made
+/// inside it. The router and the stack run in the caller's task, so the
+/// call made through them sees it. Calls to native extensions send none.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn f(router: exthost::router::Router) {
+/// use exthost::router::ToolCall;
+/// use tower::ServiceExt;
+///
+/// let call = router.oneshot(ToolCall::new("m_sleep", r#"{"ms":500}"#));
+/// let output = exthost::mcp::with_progress(|p| eprintln!("{} of {:?}", p.progress, p.total), call).await;
+/// # }
+/// ```
+pub async fn with_progress<F>(
+    sink: impl Fn(CallProgress) + Send + Sync + 'static,
+    fut: F,
+) -> F::Output
+where
+    F: Future,
+{
+    PROGRESS.scope(ProgressSink(Arc::new(sink)), fut).await
+}
+
+/// A call with a progress sink, until it ends: forgets the sink, and
+/// cancels the call upstream if it is dropped unanswered.
+struct InFlight {
+    peer: Peer<RoleClient>,
+    progress: Progress,
+    token: ProgressToken,
+    id: Option<rmcp::model::RequestId>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.progress
+            .lock()
+            .expect("lock poisoned")
+            .remove(&self.token);
+        if let Some(id) = self.id.take() {
+            let peer = self.peer.clone();
+            let cancel = CancelledNotificationParam::new(
+                Some(id),
+                Some("request abandoned by the caller".to_owned()),
+            );
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = peer.notify_cancelled(cancel).await;
+                });
+            }
+        }
+    }
+}
+
+/// Never resumes a broken response stream.
+#[derive(Debug)]
+struct NoRetry;
+
+impl rmcp::transport::common::client_side_sse::SseRetryPolicy for NoRetry {
+    fn retry(&self, _current_times: usize) -> Option<Duration> {
+        None
     }
 }
 
@@ -383,7 +553,13 @@ fn answer(result: CallToolResult) -> ExtResponse {
             .iter()
             .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
             .collect();
-        return ExtResponse::error(text.join("\n"));
+        let message = if text.is_empty() {
+            // No text to quote: the blocks themselves, so nothing is lost.
+            serde_json::to_string(&result.content).unwrap_or_default()
+        } else {
+            text.join("\n")
+        };
+        return ExtResponse::error(message);
     }
     let json = serde_json::to_string(&result).expect("a CallToolResult always serializes");
     ExtResponse::tool_result(json)
@@ -395,8 +571,12 @@ fn failure(e: rmcp::ServiceError) -> Result<ExtResponse, BoxError> {
     match e {
         rmcp::ServiceError::TransportClosed => Err(ConnectionError::Closed.into()),
         rmcp::ServiceError::TransportSend(e) => {
-            Err(ConnectionError::Io(Arc::new(std::io::Error::other(e.to_string()))).into())
+            Err(ConnectionError::Io(Arc::new(std::io::Error::other(describe_transport(&e)))).into())
         }
+        rmcp::ServiceError::UnexpectedResponse => Err(ConnectionError::Malformed(Arc::from(
+            "the server's answer to `tools/call` is not a tool result",
+        ))
+        .into()),
         rmcp::ServiceError::McpError(e) => Ok(ExtResponse::error(format!(
             "{} (MCP error {})",
             e.message, e.code.0
@@ -443,7 +623,12 @@ impl Service<ExtRequest> for McpConnection {
                 Some(ext_request::Msg::ToolCall(call)) => {
                     let args = arguments(&call.name, &call.args)?;
                     let params = CallToolRequestParams::new(call.name).with_arguments(args);
-                    match peer.call_tool(params).await {
+                    let sink = PROGRESS.try_with(Clone::clone).ok();
+                    let called = match sink {
+                        None => peer.call_tool(params).await,
+                        Some(sink) => this.call_with_progress(params, sink).await,
+                    };
+                    match called {
                         Ok(result) => Ok(answer(result)),
                         Err(e) => {
                             let failed = failure(e);

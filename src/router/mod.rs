@@ -160,6 +160,13 @@ impl Router {
         self.table.borrow().clone()
     }
 
+    /// A receiver of every table installed from now on (the current one
+    /// marked seen), for those who follow the tool list, such as an MCP
+    /// server telling its clients that it changed.
+    pub fn watch_table(&self) -> watch::Receiver<Arc<RoutingTable>> {
+        self.table.subscribe()
+    }
+
     /// Every routed tool with its owner, in service-name order.
     pub fn tools(&self) -> Vec<RegisteredTool> {
         self.table().tools().to_vec()

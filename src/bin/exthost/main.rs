@@ -11,6 +11,8 @@
 //! errors, 7 standard output closed (see [`output`]).
 
 mod check;
+#[cfg(feature = "mcp")]
+mod mcp;
 mod output;
 mod run;
 mod signals;
@@ -97,6 +99,29 @@ enum Command {
         #[arg(long, default_value_t = 16 * 1024 * 1024)]
         max_pending_bytes: usize,
     },
+    /// Serve every hosted tool (native extensions and MCP servers) as one
+    /// MCP server: over stdin/stdout, or with --listen over Streamable HTTP
+    /// at http://ADDR:PORT/mcp. Exit 0 when the client leaves or on
+    /// SIGTERM/SIGINT, 7 if stdout was closed, 1 for bad options.
+    #[cfg(feature = "mcp")]
+    Mcp {
+        /// The configuration file (exthost TOML/JSON, or an MCP client's
+        /// mcpServers/servers JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// Serve Streamable HTTP on this ADDR:PORT instead of stdio. A
+        /// non-loopback address needs --token-file.
+        #[arg(long)]
+        listen: Option<String>,
+        /// A file holding the bearer token every HTTP request must carry
+        /// (`Authorization: Bearer <token>`).
+        #[arg(long, requires = "listen")]
+        token_file: Option<PathBuf>,
+        /// The agent name of every call (default: each client's name from
+        /// its initialize).
+        #[arg(long)]
+        agent: Option<String>,
+    },
     /// Check that an extension program follows the protocol. Exit 0 when
     /// every required check passes (recommended ones that fail are
     /// warnings), 1 otherwise.
@@ -130,6 +155,8 @@ fn main() -> ExitCode {
     // warnings. RUST_LOG overrides both.
     let default_filter = match cli.command {
         Command::Run { .. } => "exthost=info",
+        #[cfg(feature = "mcp")]
+        Command::Mcp { .. } => "exthost=info",
         _ => "exthost=warn",
     };
     tracing_subscriber::fmt()
@@ -184,6 +211,20 @@ fn main() -> ExitCode {
                     bytes: max_pending_bytes,
                 };
                 run::run(&config, limits, signals).await
+            }
+            #[cfg(feature = "mcp")]
+            Command::Mcp {
+                config,
+                listen,
+                token_file,
+                agent,
+            } => {
+                let options = mcp::Options {
+                    listen,
+                    token_file,
+                    agent,
+                };
+                mcp::mcp(&config, options, signals).await
             }
             Command::Check {
                 config_json,

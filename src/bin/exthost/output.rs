@@ -41,6 +41,20 @@ pub(crate) fn stdout_closed() -> bool {
     closed_within(PollTimeout::ZERO)
 }
 
+/// Whether stdin's writer has gone (a pipe with no writer left reports a
+/// hang-up), seen without reading.
+#[cfg_attr(not(feature = "mcp"), allow(dead_code))]
+pub(crate) fn stdin_hung_up() -> bool {
+    let stdin = io::stdin();
+    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        _ => false,
+    }
+}
+
 fn closed_within(timeout: PollTimeout) -> bool {
     let stdout = io::stdout();
     // No events asked for: only an error or a hang-up wakes the poll.
