@@ -7,6 +7,10 @@
 //! - `mcp_roundtrip/exthost`: the whole path an agent uses: the
 //!   `ServiceManager`'s router ▶ the per-service stack (trace, timeout) ▶
 //!   the MCP session ▶ the server;
+//! - `mcp_serve/direct`: the same rmcp client calling the MCP echo server
+//!   directly, against `mcp_serve/exthost_mcp`: the rmcp client calling
+//!   `exthost mcp` (the real binary, over stdio), which routes the call to
+//!   a native echo extension (this binary re-run with `serve`);
 //! - `mcp_startup/concurrent_8` and `sequential_8`: eight servers started
 //!   by one `ServiceManager` (concurrently), against eight started one
 //!   after another through the `Connector` (the process, `initialize` and
@@ -18,6 +22,8 @@
 #[allow(dead_code, unreachable_pub, clippy::all)]
 #[path = "../examples/mcp_server.rs"]
 mod mcp_server;
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -110,6 +116,81 @@ fn roundtrip(c: &mut Criterion) {
     });
 }
 
+/// rmcp's client over the pipes of `program args`.
+async fn client_of(
+    program: &std::path::Path,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    rmcp::service::RunningService<rmcp::RoleClient, ()>,
+) {
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let transport = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    let client = ().serve(transport).await.unwrap();
+    (child, client)
+}
+
+fn serve(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let me = std::env::current_exe().unwrap();
+    let dir = temp_dir();
+    let cfg = dir.path().join("host.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "services_dir = {:?}\nlogs_dir = {:?}\n[services.native]\ncommand = {:?}\n",
+            dir.path().join("s"),
+            dir.path().join("l"),
+            me
+        ),
+    )
+    .unwrap();
+    let args: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(serde_json::json!({ "text": TEXT })).unwrap();
+    let expected = serde_json::Value::Object(args.clone()).to_string();
+    let (mut direct_child, direct) = rt.block_on(client_of(&me, &["mcp"]));
+    let exthost = std::path::Path::new(env!("CARGO_BIN_EXE_exthost"));
+    let (mut serve_child, served) = rt.block_on(client_of(
+        exthost,
+        &["mcp", "--config", cfg.to_str().unwrap()],
+    ));
+
+    let mut group = c.benchmark_group("mcp_serve");
+    group.bench_function("direct", |b| {
+        b.to_async(&rt).iter(|| async {
+            let params = CallToolRequestParams::new("echo").with_arguments(args.clone());
+            let result = direct.peer().call_tool(params).await.unwrap();
+            assert_eq!(result.content[0].as_text().unwrap().text, TEXT);
+        })
+    });
+    group.bench_function("exthost_mcp", |b| {
+        b.to_async(&rt).iter(|| async {
+            let params = CallToolRequestParams::new("echo").with_arguments(args.clone());
+            let result = served.peer().call_tool(params).await.unwrap();
+            assert_eq!(result.content[0].as_text().unwrap().text, expected);
+        })
+    });
+    group.finish();
+    rt.block_on(async {
+        drop(direct);
+        drop(served);
+        let _ = direct_child.kill().await;
+        // End of stdin: exthost stops its extension and exits.
+        let _ = tokio::time::timeout(Duration::from_secs(10), serve_child.wait()).await;
+        let _ = serve_child.kill().await;
+    });
+}
+
 fn startup(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -162,6 +243,9 @@ fn startup(c: &mut Criterion) {
 }
 
 fn main() {
+    if common::serve_if_asked() {
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("mcp") {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -173,6 +257,7 @@ fn main() {
     }
     let mut c = Criterion::default().configure_from_args();
     roundtrip(&mut c);
+    serve(&mut c);
     startup(&mut c);
     c.final_summary();
 }

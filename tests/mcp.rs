@@ -372,9 +372,17 @@ async fn a_streamable_http_server_is_served_and_its_loss_is_seen_at_once() {
 
 // ---- through the binary ----
 
-async fn exthost_output(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+/// `exthost ARGS` run to its end, its runtime folder (sockets and logs of
+/// a file that names none) in `runtime`.
+async fn exthost_output(
+    runtime: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let mut cmd = run::exthost();
-    cmd.args(args).stdin(Stdio::null());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env("XDG_RUNTIME_DIR", runtime);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -399,6 +407,7 @@ async fn claude_and_vs_code_configuration_files_run_as_they_are() {
     )
     .unwrap();
     let out = exthost_output(
+        dir.path(),
         &[
             "call",
             "--config",
@@ -430,6 +439,7 @@ async fn claude_and_vs_code_configuration_files_run_as_they_are() {
     )
     .unwrap();
     let out = exthost_output(
+        dir.path(),
         &[
             "call",
             "--json",
@@ -451,7 +461,12 @@ async fn claude_and_vs_code_configuration_files_run_as_they_are() {
     assert_eq!(output["content"][0]["mimeType"], "image/png");
 
     // The variable unset: a configuration error naming it and the field.
-    let out = exthost_output(&["tools", "--config", vscode.to_str().unwrap()], &[]).await;
+    let out = exthost_output(
+        dir.path(),
+        &["tools", "--config", vscode.to_str().unwrap()],
+        &[],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -466,7 +481,12 @@ async fn claude_and_vs_code_configuration_files_run_as_they_are() {
             .to_string(),
     )
     .unwrap();
-    let out = exthost_output(&["tools", "--config", vscode.to_str().unwrap()], &[]).await;
+    let out = exthost_output(
+        dir.path(),
+        &["tools", "--config", vscode.to_str().unwrap()],
+        &[],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -483,7 +503,9 @@ async fn run_shows_mcp_services_and_whole_outputs() {
     std::fs::write(
         &cfg,
         format!(
-            "[services.mcp]\nkind = \"mcp\"\ncommand = {:?}\nprefix = \"m_\"\n\n[services.native]\ncommand = {:?}\nenv = {{ MOCK_PREFIX = \"n_\" }}\n",
+            "services_dir = {:?}\nlogs_dir = {:?}\n[services.mcp]\nkind = \"mcp\"\ncommand = {:?}\nprefix = \"m_\"\n\n[services.native]\ncommand = {:?}\nenv = {{ MOCK_PREFIX = \"n_\" }}\n",
+            dir.path().join("services"),
+            dir.path().join("logs"),
             server_bin(),
             common::mock_bin()
         ),
@@ -503,4 +525,32 @@ async fn run_shows_mcp_services_and_whole_outputs() {
     let reply = run.recv().await;
     assert_eq!(reply["ok"]["mcp"]["state"], "ready");
     run.finish().await;
+}
+
+/// A stdio MCP server in `sh` whose `tools/list` holds a tool rmcp cannot
+/// read (`inputSchema` null) beside a good one.
+const SH_SERVER: &str = r#"
+while IFS= read -r line; do
+  id=$(printf '%s' "$line" | sed -n 's/.*"id":\([0-9][0-9]*\).*/\1/p')
+  case "$line" in
+    *'"initialize"'*) printf '{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"sh","version":"1"}}}\n' "$id" ;;
+    *'"tools/list"'*) printf '{"jsonrpc":"2.0","id":%s,"result":{"tools":[{"name":"good","description":"fine","inputSchema":{"type":"object"}},{"name":"bad","inputSchema":null},{"name":"nameless"}]}}\n' "$id" ;;
+    *'"tools/call"'*) printf '{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"good answer"}]}}\n' "$id" ;;
+  esac
+done
+"#;
+
+#[tokio::test]
+async fn a_tool_rmcp_cannot_read_is_left_out_alone() {
+    let dir = temp_dir();
+    let cfg = ServiceConfig::mcp_command("/bin/sh", ["-c", SH_SERVER]);
+    let m = manager(dir.path(), vec![("sh", cfg)]);
+    started(&m).await;
+    let names: Vec<_> = m.tools().into_iter().map(|t| t.tool.name).collect();
+    assert_eq!(names, ["good"]);
+    assert_eq!(call(&m, "good", "{}").await.unwrap(), "good answer");
+    let left_out = m.status("sh").unwrap().tools_left_out;
+    let text = format!("{left_out:?}");
+    assert!(text.contains("bad") && text.contains("null"), "{text}");
+    m.shutdown_all().await;
 }

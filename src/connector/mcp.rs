@@ -80,7 +80,8 @@ pub(super) async fn ready(
             return Err(failed(e));
         }
     };
-    let (tools, rejected) = crate::tool::partition_checked(tools);
+    let (tools, mut rejected) = crate::tool::partition_checked(tools);
+    rejected.extend(mcp.take_rejected());
     let (server, version) = mcp.server_info();
     let info = ExtensionInfo {
         service: server.to_owned(),

@@ -134,8 +134,14 @@ impl Slot {
     /// (an MCP server's, after it said its list changed), unless a newer
     /// generation has begun. Returns whether anything changed.
     #[cfg_attr(not(feature = "mcp"), allow(dead_code))]
-    pub(crate) fn update_tools(&self, generation: u64, tools: Vec<Tool>) -> bool {
-        let (tools, rejected) = crate::tool::partition_checked(tools);
+    pub(crate) fn update_tools(
+        &self,
+        generation: u64,
+        tools: Vec<Tool>,
+        unreadable: Vec<crate::tool::RejectedTool>,
+    ) -> bool {
+        let (tools, mut rejected) = crate::tool::partition_checked(tools);
+        rejected.extend(unreadable);
         let tools = self.routed(tools);
         let mut live = self.live.write().expect("slot lock poisoned");
         if generation != live.generation

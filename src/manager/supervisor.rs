@@ -91,7 +91,7 @@ fn follow_tool_list(shared: &Arc<Services>, slot: &Arc<Slot>, generation: u64, s
                 match listed {
                     Ok(Ok(tools)) => {
                         tracing::info!(service = %slot.name, tools = tools.len(), "the server's tool list changed");
-                        if slot.update_tools(generation, tools) {
+                        if slot.update_tools(generation, tools, mcp.take_rejected()) {
                             shared.rebuild_table();
                         }
                     }

@@ -51,9 +51,11 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tower::{BoxError, Service};
 
+mod sanitize;
+
 use crate::client::ConnectionError;
 use crate::proto::{ext_request, ExtRequest, ExtResponse};
-use crate::tool::{BadArguments, Tool};
+use crate::tool::{BadArguments, RejectedTool, Tool};
 
 /// Why an MCP session could not be opened or listed.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,9 @@ struct Shared {
     version: String,
     /// Where the progress of calls in flight goes, by progress token.
     progress: Progress,
+    /// Tools taken out of `tools/list` answers because rmcp could not read
+    /// them, until collected.
+    rejected: sanitize::Rejected,
 }
 
 /// Progress sinks by the progress token of the upstream request.
@@ -194,7 +199,9 @@ impl McpConnection {
         R: tokio::io::AsyncRead + Send + Unpin + 'static,
         W: tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        Self::open((stdout, stdin), max_in_flight).await
+        let rejected = sanitize::Rejected::default();
+        let stdout = sanitize::Sanitize::new(stdout, rejected.clone());
+        Self::open((stdout, stdin), max_in_flight, rejected).await
     }
 
     /// Opens a session with the Streamable HTTP endpoint `url`, sending
@@ -231,11 +238,16 @@ impl McpConnection {
         Self::open(
             StreamableHttpClientTransport::from_config(config),
             max_in_flight,
+            Default::default(),
         )
         .await
     }
 
-    async fn open<T, E, A>(transport: T, max_in_flight: usize) -> Result<Self, McpError>
+    async fn open<T, E, A>(
+        transport: T,
+        max_in_flight: usize,
+        rejected: sanitize::Rejected,
+    ) -> Result<Self, McpError>
     where
         T: rmcp::transport::IntoTransport<RoleClient, E, A>,
         E: std::error::Error + Send + Sync + 'static,
@@ -274,6 +286,7 @@ impl McpConnection {
                 server,
                 version,
                 progress,
+                rejected,
             }),
             slots: PollSemaphore::new(Arc::new(Semaphore::new(max_in_flight.max(1)))),
             permit: None,
@@ -300,6 +313,15 @@ impl McpConnection {
             .await
             .map_err(McpError::ListTools)?;
         Ok(tools.into_iter().map(from_mcp_tool).collect())
+    }
+
+    /// Tools the server declared that could not be read at all (an
+    /// `inputSchema` that is not an object, no name), each with why, since
+    /// the last call; they were taken out of the list so that the rest of
+    /// the server works. Over stdio only: over HTTP such a list fails
+    /// whole.
+    pub fn take_rejected(&self) -> Vec<RejectedTool> {
+        std::mem::take(&mut *self.shared.rejected.lock().expect("lock poisoned"))
     }
 
     /// Changes each time the server sends
