@@ -257,7 +257,7 @@ impl<R: AsyncRead> AsyncRead for Sanitize<R> {
                     }
                     if this.line.len() > MAX_LINE {
                         // No end in sight: keep only what finds its id.
-                        *this.skipping = Some(Skipped::new(&this.line));
+                        *this.skipping = Some(Skipped::new(this.line));
                         this.line.clear();
                     }
                 }
