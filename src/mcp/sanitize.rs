@@ -125,7 +125,7 @@ impl<R> Sanitize<R> {
 const NEEDLE: &[u8] = b"\"inputSchema\"";
 
 fn mentions_input_schema(line: &[u8]) -> bool {
-    line.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+    memchr::memmem::find(line, NEEDLE).is_some()
 }
 
 /// `line` with malformed tools taken out of a `tools/list` answer, or as
@@ -212,37 +212,37 @@ impl<R: AsyncRead> AsyncRead for Sanitize<R> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = [0u8; 16 * 1024];
-            let mut read = ReadBuf::new(&mut chunk);
-            match this.inner.as_mut().poll_read(cx, &mut read) {
+            // Read straight into the line buffer (no zeroed scratch).
+            let start = this.line.len();
+            this.line.reserve(16 * 1024);
+            match tokio_util::io::poll_read_buf(this.inner.as_mut(), cx, this.line) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) if read.filled().is_empty() => *this.eof = true,
-                Poll::Ready(Ok(())) => {
-                    let mut filled = read.filled();
+                Poll::Ready(Ok(0)) => *this.eof = true,
+                Poll::Ready(Ok(_)) => {
+                    let mut from = start;
                     // The rest of an overlong line is skipped as it comes.
                     if let Some(skipped) = this.skipping.as_mut() {
-                        match filled.iter().position(|&b| b == b'\n') {
+                        match memchr::memchr(b'\n', &this.line[start..]) {
                             None => {
-                                skipped.push(filled);
+                                skipped.push(&this.line[start..]);
+                                this.line.truncate(start);
                                 continue;
                             }
                             Some(at) => {
-                                skipped.push(&filled[..at]);
+                                skipped.push(&this.line[start..start + at]);
+                                let _ = this.line.split_to(start + at + 1);
                                 let skipped = this.skipping.take().expect("skipping");
                                 tracing::warn!(bytes = skipped.len, "an MCP server's line is over the 16 MiB limit; skipped");
                                 if let Some(answer) = skipped.answer() {
                                     this.ready.unsplit(answer);
                                 }
-                                filled = &filled[at + 1..];
+                                from = 0;
                             }
                         }
                     }
-                    let start = this.line.len();
-                    this.line.extend_from_slice(filled);
                     // Every whole line that arrived is ready.
-                    let mut from = start;
-                    while let Some(at) = this.line[from..].iter().position(|&b| b == b'\n') {
+                    while let Some(at) = memchr::memchr(b'\n', &this.line[from..]) {
                         let whole = this.line.split_to(from + at + 1);
                         if whole.len() > MAX_LINE + 1 {
                             let skipped = Skipped::new(&whole[..whole.len() - 1]);
