@@ -25,7 +25,10 @@
 //!   are no object schema (`h_string`: `{"type":"string"}`, `h_null`:
 //!   `null`, `h_array`: `[1,2]`, `h_invalid`: `{"type":"object",
 //!   "properties":3}`, `h_not_json`: bytes that are not JSON), and declares
-//!   `h_twice` twice with two different definitions.
+//!   `h_twice` twice with two different definitions, `h_dup` first with
+//!   `{"type":"string"}` then with `{"type":"object"}`; `h_bad_ref`'s
+//!   schema has a `$ref` to nothing, `h_bad_pattern`'s a `pattern` that is
+//!   not a regular expression.
 //!
 //! With `HOSTILE_ONCE` set to a file path, only the first run misbehaves:
 //! it creates the file, and a run that finds it behaves.
@@ -98,6 +101,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             "h_invalid",
                             "h_not_json",
                             "h_twice",
+                            "h_dup",
+                            "h_bad_ref",
+                            "h_bad_pattern",
                         ])
                     } else {
                         Capability::tools(["h_call"])
@@ -208,5 +214,12 @@ fn bad_schemas() -> Vec<exthost::proto::ToolDef> {
             json!({"type": "object", "properties": {"x": {"type": "string"}}}),
         )
         .to_def(),
+        def("h_dup", br#"{"type":"string"}"#),
+        def("h_dup", br#"{"type":"object"}"#),
+        def("h_bad_ref", br##"{"type":"object","$ref":"#/$defs/nope"}"##),
+        def(
+            "h_bad_pattern",
+            br#"{"type":"object","properties":{"s":{"type":"string","pattern":"(unclosed"}}}"#,
+        ),
     ]
 }

@@ -454,6 +454,15 @@ impl ServiceConfig {
                 if self.url.is_some() { "url" } else { "headers" },
                 "is only for `kind = \"mcp\"`".to_owned(),
             ));
+        } else if self
+            .command
+            .as_ref()
+            .is_some_and(|c| c.as_os_str().is_empty())
+        {
+            return Err(field(
+                "command",
+                "is empty: give a path or a binary name".to_owned(),
+            ));
         } else if self.command.is_none() && self.krate.trim().is_empty() {
             return Err(field(
                 "crate",
@@ -749,10 +758,15 @@ impl HostConfig {
                 column,
             }
         })?;
-        cfg.expand_env()
-            .map_err(|e| location::locate(e, |path| location::toml_offset(text, path), text))?;
-        cfg.validate()
-            .map_err(|e| location::locate(e, |path| location::toml_offset(text, path), text))?;
+        let locate = |e| {
+            location::locate(
+                e,
+                |path| location::toml_offset(text, &location::under("services", path)),
+                text,
+            )
+        };
+        cfg.expand_env().map_err(locate)?;
+        cfg.validate().map_err(locate)?;
         Ok(cfg)
     }
 
@@ -770,35 +784,69 @@ impl HostConfig {
     /// are ignored with a warning; `disabled: true` is `enabled = false`.
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        if let Ok(root) = serde_json::from_str::<serde_json::Value>(text) {
-            if let Some(key) = clients::client_key(&root) {
-                let locate =
-                    |e| location::locate(e, |path| location::json_offset(text, path), text);
-                let mut cfg = clients::from_client_json(root, key).map_err(locate)?;
-                cfg.expand_env().map_err(locate)?;
-                cfg.validate().map_err(locate)?;
-                return Ok(cfg);
-            }
-        }
-        let mut de = serde_json::Deserializer::from_str(text);
-        let mut cfg: HostConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let inner = e.inner();
-            let (line, column) = match inner.line() {
+        let parse_error = |at: String, e: &serde_json::Error| {
+            let (line, column) = match e.line() {
                 0 => (None, None),
-                line => (Some(line), Some(inner.column())),
+                line => (Some(line), Some(e.column())),
             };
             ConfigError::Parse {
-                at: e.path().to_string(),
-                message: inner.to_string(),
+                at: match at.as_str() {
+                    "" | "." => "(top level)".to_owned(),
+                    _ => at,
+                },
+                message: e.to_string(),
                 file: None,
                 line,
                 column,
             }
-        })?;
-        cfg.expand_env()
-            .map_err(|e| location::locate(e, |path| location::json_offset(text, path), text))?;
-        cfg.validate()
-            .map_err(|e| location::locate(e, |path| location::json_offset(text, path), text))?;
+        };
+        // The whole text first, to its end: a syntax error, or anything
+        // after the one value, is reported as it is whatever the form.
+        let mut de = serde_json::Deserializer::from_str(text);
+        let root: serde_json::Value = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| parse_error(e.path().to_string(), e.inner()))?;
+        de.end().map_err(|e| parse_error(String::new(), &e))?;
+        if let Some(key) = clients::client_key(&root) {
+            let find = |path: &[location::Seg<'_>]| {
+                location::json_offset(text, &location::under(key, path))
+            };
+            let (mut cfg, given) = clients::from_client_json(root, key, &|path| {
+                find(path).map(|at| location::line_column(text, at))
+            })
+            .map_err(|e| location::locate(e, find, text))?;
+            // Validation names services by their usable names; the text
+            // by the names given.
+            let locate = |e| {
+                location::locate(
+                    e,
+                    |path| match path.split_first() {
+                        Some((location::Seg::Key(name), rest)) => {
+                            let name = given.get(*name).map_or(*name, String::as_str);
+                            let mut path = vec![location::Seg::Key(name)];
+                            path.extend_from_slice(rest);
+                            find(&path)
+                        }
+                        _ => find(path),
+                    },
+                    text,
+                )
+            };
+            cfg.expand_env().map_err(locate)?;
+            cfg.validate().map_err(locate)?;
+            return Ok(cfg);
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut cfg: HostConfig = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| parse_error(e.path().to_string(), e.inner()))?;
+        let locate = |e| {
+            location::locate(
+                e,
+                |path| location::json_offset(text, &location::under("services", path)),
+                text,
+            )
+        };
+        cfg.expand_env().map_err(locate)?;
+        cfg.validate().map_err(locate)?;
         Ok(cfg)
     }
 
@@ -1021,66 +1069,244 @@ mod location {
         }
     }
 
-    /// Where the key at `path` is in TOML `text`, as precisely as the
-    /// parsed document says: the deepest key of `path` that is found.
-    pub(super) fn toml_offset(text: &str, path: &[&str]) -> Option<usize> {
+    /// One step of a path into a document: a key of a table or object, or
+    /// an index into an array.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Seg<'a> {
+        /// A key.
+        Key(&'a str),
+        /// An index.
+        Index(usize),
+    }
+
+    /// `path` under the top-level key `root`.
+    pub(super) fn under<'a>(root: &'a str, path: &[Seg<'a>]) -> Vec<Seg<'a>> {
+        let mut all = vec![Seg::Key(root)];
+        all.extend_from_slice(path);
+        all
+    }
+
+    /// The steps of a field as errors name it: `command`, `args[2]`,
+    /// `env.KEY`, `headers.KEY` (the key after the first dot, so it may
+    /// hold dots), or `` (the entry itself).
+    pub(super) fn field_path(field: &str) -> Vec<Seg<'_>> {
+        if field.is_empty() {
+            return Vec::new();
+        }
+        if let Some((map, key)) = field.split_once('.') {
+            return vec![Seg::Key(map), Seg::Key(key)];
+        }
+        if let Some((name, rest)) = field.split_once('[') {
+            if let Some(Ok(i)) = rest.strip_suffix(']').map(str::parse) {
+                return vec![Seg::Key(name), Seg::Index(i)];
+            }
+        }
+        vec![Seg::Key(field)]
+    }
+
+    /// Where the key (or array element) at `path` is in TOML `text`, as
+    /// precisely as the parsed document says: the deepest step of `path`
+    /// that is found.
+    pub(super) fn toml_offset(text: &str, path: &[Seg<'_>]) -> Option<usize> {
         use toml::de::{DeTable, DeValue};
         let doc = DeTable::parse(text).ok()?;
-        let mut table = doc.get_ref();
+        let root = DeValue::Table(doc.get_ref().clone());
+        let mut value = &root;
         let mut found = None;
-        for (i, key) in path.iter().enumerate() {
-            let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref() == key) else {
-                break;
-            };
-            found = Some(k.span().start);
-            match v.get_ref() {
-                DeValue::Table(t) if i + 1 < path.len() => table = t,
+        for step in path {
+            let (at, next) = match (step, value) {
+                (Seg::Key(key), DeValue::Table(t)) => {
+                    match t.iter().find(|(k, _)| k.get_ref() == key) {
+                        Some((k, v)) => (k.span().start, v),
+                        None => break,
+                    }
+                }
+                (Seg::Index(i), DeValue::Array(a)) => match a.get(*i) {
+                    Some(v) => (v.span().start, v),
+                    None => break,
+                },
                 _ => break,
+            };
+            found = Some(at);
+            value = next.get_ref();
+        }
+        found
+    }
+
+    /// Where the key (or array element) at `path` is in JSON `text`: the
+    /// deepest step of `path` that is found, walking the text's
+    /// structure. `None` for text that is not JSON up to there.
+    pub(super) fn json_offset(text: &str, path: &[Seg<'_>]) -> Option<usize> {
+        let mut walk = JsonWalk { text, at: 0 };
+        let mut found = None;
+        for step in path {
+            walk.space();
+            let at = match step {
+                Seg::Key(key) => walk.find_key(key),
+                Seg::Index(i) => walk.find_index(*i),
+            };
+            match at {
+                Some(at) => found = Some(at),
+                None => break,
             }
         }
         found
     }
 
-    /// Where the key at `path` is in JSON `text`: each key searched for
-    /// after the one before it (a text search, good for what people
-    /// write; a key inside an earlier string value can mislead it).
-    pub(super) fn json_offset(text: &str, path: &[&str]) -> Option<usize> {
-        let mut from = 0;
-        let mut found = None;
-        for key in path {
-            let quoted = serde_json::to_string(key).ok()?;
-            let mut at = None;
-            let mut search = from;
-            while let Some(i) = text[search..].find(&quoted) {
-                let start = search + i;
-                let after = text[start + quoted.len()..].trim_start();
-                if after.starts_with(':') {
-                    at = Some(start);
+    /// A cursor over JSON text that finds keys and elements and skips
+    /// values, without building them.
+    struct JsonWalk<'t> {
+        text: &'t str,
+        at: usize,
+    }
+
+    impl JsonWalk<'_> {
+        fn peek(&self) -> Option<u8> {
+            self.text.as_bytes().get(self.at).copied()
+        }
+
+        fn space(&mut self) {
+            while self.peek().is_some_and(|b| b.is_ascii_whitespace()) {
+                self.at += 1;
+            }
+        }
+
+        fn eat(&mut self, b: u8) -> Option<()> {
+            self.space();
+            (self.peek()? == b).then(|| self.at += 1)
+        }
+
+        /// Skips a string, returning its decoded text.
+        fn string(&mut self) -> Option<String> {
+            let start = self.at;
+            self.eat(b'"')?;
+            loop {
+                match self.peek()? {
+                    b'\\' => self.at += 2,
+                    b'"' => {
+                        self.at += 1;
+                        return serde_json::from_str(self.text.get(start..self.at)?).ok();
+                    }
+                    _ => self.at += 1,
+                }
+            }
+        }
+
+        /// Skips one value.
+        fn value(&mut self) -> Option<()> {
+            self.space();
+            match self.peek()? {
+                b'"' => self.string().map(drop),
+                open @ (b'{' | b'[') => {
+                    let close = if open == b'{' { b'}' } else { b']' };
+                    self.at += 1;
+                    self.space();
+                    if self.peek()? == close {
+                        self.at += 1;
+                        return Some(());
+                    }
+                    loop {
+                        if open == b'{' {
+                            self.string()?;
+                            self.eat(b':')?;
+                        }
+                        self.value()?;
+                        self.space();
+                        match self.peek()? {
+                            b',' => self.at += 1,
+                            b if b == close => {
+                                self.at += 1;
+                                return Some(());
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                _ => {
+                    while self.peek().is_some_and(|b| {
+                        !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace()
+                    }) {
+                        self.at += 1;
+                    }
+                    Some(())
+                }
+            }
+        }
+
+        /// In the object here, finds `key`: returns where it starts and
+        /// leaves the cursor at its value.
+        fn find_key(&mut self, key: &str) -> Option<usize> {
+            self.eat(b'{')?;
+            let mut found = None;
+            loop {
+                self.space();
+                if self.peek()? == b'}' {
                     break;
                 }
-                search = start + quoted.len();
+                let start = self.at;
+                let k = self.string()?;
+                self.eat(b':')?;
+                self.space();
+                if k == key {
+                    // The last one wins, as for serde_json: keep looking.
+                    found = Some((start, self.at));
+                }
+                self.value()?;
+                self.space();
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b'}' => break,
+                    _ => break,
+                }
             }
-            let Some(at) = at else { break };
-            found = Some(at);
-            from = at + quoted.len();
+            let (start, value) = found?;
+            self.at = value;
+            Some(start)
         }
-        found
+
+        /// In the array here, finds element `index`: returns where it
+        /// starts and leaves the cursor there.
+        fn find_index(&mut self, index: usize) -> Option<usize> {
+            self.eat(b'[')?;
+            for _ in 0..index {
+                self.value()?;
+                self.eat(b',')?;
+            }
+            self.space();
+            (!matches!(self.peek()?, b']')).then_some(self.at)
+        }
     }
 
-    /// `e` (from validation) with the line and column of its field, when
-    /// `offset` finds it in `text`.
+    /// `e` with the line and column of its field, when `offset` finds it
+    /// in `text`. `offset` is given the path below the service table:
+    /// the service's name, then the field's steps (`env`, `KEY`).
     pub(super) fn locate(
         e: ConfigError,
-        offset: impl Fn(&[&str]) -> Option<usize>,
+        offset: impl Fn(&[Seg<'_>]) -> Option<usize>,
         text: &str,
     ) -> ConfigError {
-        let at = match &e {
+        let mut path = Vec::new();
+        match &e {
             ConfigError::Invalid { service, field, .. } => {
-                offset(&["services", service.as_str(), field])
+                path.push(Seg::Key(service.as_str()));
+                path.extend(field_path(field));
             }
-            ConfigError::BadName { name } => offset(&["services", name.as_str()]),
-            _ => None,
-        };
+            ConfigError::Variable { service, field, .. } => {
+                path.push(Seg::Key(service.as_str()));
+                path.extend(field_path(field));
+            }
+            ConfigError::BadName { name } => path.push(Seg::Key(name.as_str())),
+            _ => return e,
+        }
+        let mut at = offset(&path);
+        // `crate` may be written `krate`.
+        if let [_, Seg::Key("crate")] = path[..] {
+            path[1] = Seg::Key("krate");
+            let alias = offset(&path);
+            if alias > at {
+                at = alias;
+            }
+        }
         match at {
             Some(at) => {
                 let (line, column) = line_column(text, at);

@@ -415,8 +415,10 @@ where
 /// `step_timeout`.
 ///
 /// A tool whose `parameters` are not JSON or not an object schema is left
-/// out alone, listed in [`ExtensionInfo::rejected`] with why; the handshake
-/// goes on.
+/// out alone, listed in [`ExtensionInfo::rejected`] with why; so is a name
+/// the extension declared more than once, with every one of its
+/// definitions ([`SchemaProblem::DeclaredTwice`](crate::SchemaProblem::DeclaredTwice)).
+/// The handshake goes on.
 pub async fn handshake<S>(
     svc: &mut S,
     config: &serde_json::Value,
@@ -432,13 +434,8 @@ where
     let defs = register_tools(svc, step_timeout).await?;
 
     let mismatches = tool_mismatches(&ready, &defs);
-    let (mut tools, mut rejected) = (Vec::new(), Vec::new());
-    for def in defs {
-        match Tool::from_def_checked(def) {
-            Ok(tool) => tools.push(tool),
-            Err(r) => rejected.push(r),
-        }
-    }
+    let (tools, rejected) =
+        crate::tool::split_checked(defs.into_iter().map(Tool::from_def_checked));
     for m in &mismatches {
         tracing::warn!(service = %ready.service, "{m}");
     }

@@ -67,8 +67,8 @@ pub enum LeftOutReason {
     /// The name does not fit `^[a-zA-Z0-9_-]{1,64}$` (with the default
     /// [`ToolNames::Portable`]).
     NotPortable,
-    /// The same extension declared the name more than once; the first
-    /// declaration is kept.
+    /// The same extension declared the name more than once; every one of
+    /// its declarations is left out (which one it means is unknown).
     DeclaredTwice,
     /// Its `parameters` are not an object schema LLM APIs accept (see
     /// [`SchemaProblem`]).
@@ -107,7 +107,9 @@ impl std::fmt::Display for LeftOutReason {
             LeftOutReason::NotPortable => {
                 "the name does not fit ^[a-zA-Z0-9_-]{1,64}$ (set tool_names = \"any\" to keep it)"
             }
-            LeftOutReason::DeclaredTwice => "declared twice by the same extension",
+            LeftOutReason::DeclaredTwice => {
+                "declared more than once by the same extension; every definition is left out"
+            }
         })
     }
 }

@@ -50,8 +50,11 @@ pub struct BadToolSchema {
 ///
 /// The rule: `parameters` must be a JSON object that is a valid JSON
 /// Schema (checked against its meta-schema, draft 2020-12 unless its
-/// `$schema` names another) whose top-level `type` is `"object"`, or that
-/// has no `type` (read as an object schema).
+/// `$schema` names another, and compiled: every `$ref` resolves within the
+/// schema, every `pattern` is a regular expression) whose top-level `type`
+/// is `"object"`, or that has no `type` (read as an object schema, so `{}`
+/// passes). A name the same extension declares twice is left out too
+/// ([`SchemaProblem::DeclaredTwice`]).
 ///
 /// # Example
 ///
@@ -66,6 +69,10 @@ pub struct BadToolSchema {
 /// let err = Tool::new("n", "", json!(null)).check_parameters().unwrap_err();
 /// assert!(matches!(err, SchemaProblem::NotAnObject(_)));
 /// let err = Tool::new("i", "", json!({"properties": 3})).check_parameters().unwrap_err();
+/// assert!(matches!(err, SchemaProblem::Invalid(_)));
+/// let err = Tool::new("r", "", json!({"type": "object", "$ref": "#/$defs/nope"}))
+///     .check_parameters()
+///     .unwrap_err();
 /// assert!(matches!(err, SchemaProblem::Invalid(_)));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +92,11 @@ pub enum SchemaProblem {
     /// the meta-schema.
     #[error("parameters are not a valid JSON Schema: {0}")]
     Invalid(String),
+    /// The same extension declared the name more than once: which
+    /// definition it means is unknown, so every one is left out (whether
+    /// or not its schema is valid).
+    #[error("declared more than once by the same extension; every definition is left out")]
+    DeclaredTwice,
 }
 
 /// A tool an extension declared that is not offered, and why.
@@ -100,14 +112,49 @@ pub struct RejectedTool {
 /// [`check_parameters`] and those rejected, with why (for tool lists that
 /// arrive already parsed, such as an MCP server's).
 pub(crate) fn partition_checked(tools: Vec<Tool>) -> (Vec<Tool>, Vec<RejectedTool>) {
+    split_checked(tools.into_iter().map(|tool| match tool.check_parameters() {
+        Ok(()) => Ok(tool),
+        Err(problem) => Err(RejectedTool {
+            name: tool.name,
+            problem,
+        }),
+    }))
+}
+
+/// Splits one extension's checked definitions, in the order declared, into
+/// the tools offered and those left out. A name declared more than once
+/// (each definition counts, valid or not) is left out with all its
+/// definitions, reported once as [`SchemaProblem::DeclaredTwice`], where
+/// its first definition was.
+pub(crate) fn split_checked(
+    defs: impl IntoIterator<Item = Result<Tool, RejectedTool>>,
+) -> (Vec<Tool>, Vec<RejectedTool>) {
+    let defs: Vec<_> = defs.into_iter().collect();
+    let name = |d: &Result<Tool, RejectedTool>| match d {
+        Ok(t) => t.name.clone(),
+        Err(r) => r.name.clone(),
+    };
+    let mut count = std::collections::HashMap::<String, usize>::new();
+    for d in &defs {
+        *count.entry(name(d)).or_default() += 1;
+    }
     let (mut ok, mut rejected) = (Vec::new(), Vec::new());
-    for tool in tools {
-        match tool.check_parameters() {
-            Ok(()) => ok.push(tool),
-            Err(problem) => rejected.push(RejectedTool {
-                name: tool.name,
-                problem,
-            }),
+    for d in defs {
+        let n = name(&d);
+        match count.get_mut(&n) {
+            Some(c) if *c > 1 => {
+                // Reported once: the count is spent on the first.
+                *c = 0;
+                rejected.push(RejectedTool {
+                    name: n,
+                    problem: SchemaProblem::DeclaredTwice,
+                });
+            }
+            Some(0) => {}
+            _ => match d {
+                Ok(tool) => ok.push(tool),
+                Err(r) => rejected.push(r),
+            },
         }
     }
     (ok, rejected)
@@ -129,14 +176,23 @@ pub fn check_parameters(parameters: &serde_json::Value) -> Result<(), SchemaProb
         Some(Value::String(t)) if t == "object" => {}
         Some(other) => return Err(SchemaProblem::NotObjectType(other.to_string())),
     }
-    jsonschema::meta::validate(parameters).map_err(|e| {
+    let invalid = |e: jsonschema::ValidationError<'_>| {
         let at = e.instance_path().to_string();
         if at.is_empty() {
             SchemaProblem::Invalid(e.to_string())
         } else {
             SchemaProblem::Invalid(format!("at {at}: {e}"))
         }
-    })
+    };
+    jsonschema::meta::validate(parameters).map_err(invalid)?;
+    // Compiled too, as a model's arguments will be checked against it: a
+    // `$ref` that resolves to nothing, or a `pattern` that is not a
+    // regular expression, passes the meta-schema but is no usable schema.
+    // Nothing is fetched (the crate is built without network or file
+    // resolution): a reference outside the schema is an error too.
+    jsonschema::validator_for(parameters)
+        .map(drop)
+        .map_err(invalid)
 }
 
 impl Tool {

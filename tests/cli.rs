@@ -539,3 +539,22 @@ async fn a_toml_syntax_error_names_the_file_line_column_and_field() {
     );
     assert!(err.contains("`services.search.crate`"), "{err}");
 }
+
+#[tokio::test]
+async fn an_xdg_runtime_dir_that_does_not_exist_is_ignored_never_created() {
+    let dir = temp_dir();
+    let missing = dir.path().join("nonexistent/xdg");
+    let out = tools_with_runtime_dir(dir.path(), dir.path(), missing.to_str().unwrap()).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        !dir.path().join("nonexistent").exists(),
+        "exthost created the missing XDG_RUNTIME_DIR"
+    );
+    assert!(
+        err.lines().any(|l| l.contains("DEBUG")
+            && l.contains("XDG_RUNTIME_DIR")
+            && l.contains("ignoring")),
+        "{err}"
+    );
+}

@@ -243,3 +243,91 @@ async fn run_whose_reader_left_takes_no_further_request_and_ends_cleanly_with_ex
         "a request was executed after the output closed"
     );
 }
+
+/// Adds a service that fails at start (its process exits at once), so that
+/// the host logs a warning.
+fn with_failing_service(cfg: &Path) {
+    let mut text = std::fs::read_to_string(cfg).unwrap();
+    text += &format!(
+        "[services.broken]\ncommand = \"{}\"\nenv = {{ MOCK_MODE = \"exit\" }}\n",
+        mock_bin().display()
+    );
+    std::fs::write(cfg, text).unwrap();
+}
+
+/// Stderr is not the session's output: with its reader gone, logs are
+/// dropped, and `tools` still prints the table and exits 1 for the failed
+/// service, with the extensions stopped gracefully.
+#[tokio::test]
+async fn tools_whose_stderr_reader_left_drops_logs_and_still_reports() {
+    let dir = temp_dir();
+    let gate = Gate::bind(dir.path());
+    let cfg = config(dir.path(), &gate, None);
+    with_failing_service(&cfg);
+    let (write, read) = pipe();
+    leave(read);
+    let child = spawn(
+        exthost()
+            .args(["tools", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(write)),
+    );
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("exthost did not finish")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("wait"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("stopped")).unwrap(),
+        "shutdown"
+    );
+}
+
+/// `run` with its stderr's reader gone serves on stdout as ever, and
+/// stops its extensions gracefully at the end of stdin.
+#[tokio::test]
+async fn run_whose_stderr_reader_left_keeps_serving() {
+    let dir = temp_dir();
+    let gate = Gate::bind(dir.path());
+    let cfg = config(dir.path(), &gate, None);
+    with_failing_service(&cfg);
+    let (write, read) = pipe();
+    leave(read);
+    let mut child = spawn(
+        exthost()
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(write)),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for id in 1..=2 {
+        stdin
+            .write_all(
+                format!("{{\"id\": {id}, \"tool\": \"echo\", \"args\": \"hi\"}}\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("no answer")
+            .unwrap()
+            .expect("stdout ended");
+        assert_eq!(line, format!("{{\"id\":{id},\"ok\":\"hi\"}}"));
+    }
+    drop(stdin);
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exthost did not exit")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("stopped")).unwrap(),
+        "shutdown"
+    );
+}

@@ -259,7 +259,10 @@ fn variables_expand_in_args_env_url_and_headers_and_an_unset_one_is_named() {
     )
     .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, ConfigError::Variable { .. }), "{text}");
+    assert!(
+        matches!(err.innermost(), ConfigError::Variable { .. }),
+        "{text}"
+    );
     assert!(
         text.contains("`t`")
             && text.contains("env.TOKEN")
@@ -495,4 +498,152 @@ fn a_file_that_is_not_utf8_names_the_file_and_line() {
     assert_eq!(err.location().0, Some(path.as_path()));
     assert_eq!(err.location().1, Some(2), "{err}");
     assert!(err.to_string().contains("not UTF-8"), "{err}");
+}
+
+/// The line and column (from 1) where `marker` first occurs in `text`.
+fn pos(text: &str, marker: &str) -> (usize, usize) {
+    let at = text.find(marker).unwrap_or_else(|| panic!("no {marker:?}"));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[start..].chars().count() + 1)
+}
+
+/// Loads `text` as `name` and checks the error is at `marker`'s line and
+/// column, and names `field`.
+fn fails_at(name: &str, text: &str, marker: &str, field: &str) -> ConfigError {
+    let dir = temp();
+    let err = load(dir.path(), name, text.as_bytes()).unwrap_err();
+    let (line, column) = pos(text, marker);
+    let path = dir.path().join(name);
+    assert_eq!(
+        err.location(),
+        (Some(path.as_path()), Some(line), Some(column)),
+        "{name}: {err}\n{text}"
+    );
+    assert!(err.to_string().contains(field), "{name}: {err}");
+    err
+}
+
+#[test]
+fn trailing_garbage_after_json_is_refused_where_it_is() {
+    let own = "{\"services\": {\"a\": {\"crate\": \"x\"}}}\n}}garbage\n";
+    let err = fails_at("own.json", own, "}}garbage", "(top level)");
+    assert!(err.to_string().contains("trailing"), "{err}");
+    let client = "{\"mcpServers\": {\"a\": {\"command\": \"x\"}}}\n}}garbage\n";
+    let err = fails_at("client.json", client, "}}garbage", "(top level)");
+    assert!(err.to_string().contains("trailing"), "{err}");
+    // Whitespace after the value is fine.
+    let dir = temp();
+    load(dir.path(), "ok.json", b"{\"services\": {}}\n\n  \n").unwrap();
+}
+
+#[test]
+fn every_error_in_a_client_file_names_its_line_and_column() {
+    let cases: &[(&str, &str, &str)] = &[
+        (r#""command": 3"#, r#""command""#, "mcpServers.a.command"),
+        (r#""type": "sse", "url": "http://x""#, r#""type""#, "`type`"),
+        (
+            r#""command": "x", "env": {"K": 1}"#,
+            r#""K""#,
+            "mcpServers.a.env.K",
+        ),
+        (
+            r#""command": "x", "disabled": "yes""#,
+            r#""disabled""#,
+            "mcpServers.a.disabled",
+        ),
+        (
+            r#""command": "x", "args": "-v""#,
+            r#""args""#,
+            "mcpServers.a.args",
+        ),
+        (
+            r#""command": "x", "args": ["-v", 2]"#,
+            "2]",
+            "mcpServers.a.args[1]",
+        ),
+        (
+            r#""command": "x", "args": ["-v", "${EXTHOST_TEST_UNSET_VAR}"]"#,
+            r#""${EXTHOST"#,
+            "args[1]",
+        ),
+        (
+            r#""command": "x", "env": {"T": "${EXTHOST_TEST_UNSET_VAR}"}"#,
+            r#""T""#,
+            "env.T",
+        ),
+        (r#""url": "ftp://x""#, r#""url""#, "`url`"),
+    ];
+    for key in ["mcpServers", "servers"] {
+        for (entry, marker, field) in cases {
+            let text = format!(
+                "{{\n  \"{key}\": {{\n    \"other\": {{\"command\": \"y\"}},\n    \"a\": {{{entry}}}\n  }}\n}}\n"
+            );
+            let field = field.replace("mcpServers", key);
+            // The marker as it is in the entry, not in `other`.
+            let at = text.find("\"a\":").unwrap();
+            let marker_at = at + text[at..].find(marker).unwrap();
+            let (line, column) = pos(&text, &text[marker_at..]);
+            let dir = temp();
+            let err = load(dir.path(), "c.json", text.as_bytes()).unwrap_err();
+            assert_eq!(
+                (err.location().1, err.location().2),
+                (Some(line), Some(column)),
+                "{err}\n{text}"
+            );
+            assert!(err.to_string().contains(&field), "{field}: {err}");
+        }
+    }
+    // A server renamed to a usable name is found by the name it has in
+    // the file.
+    let text = "{\"mcpServers\": {\n  \"my server\": {\n    \"url\": \"ftp://x\"\n  }\n}}\n";
+    fails_at("renamed.json", text, "\"url\"", "`url`");
+}
+
+#[test]
+fn variable_errors_name_their_line_and_column_in_toml_and_json() {
+    let toml = "[services.a]\ncrate = \"x\"\nargs = [\"-v\", \"${EXTHOST_TEST_UNSET_VAR}\"]\n";
+    fails_at("a.toml", toml, "\"${EXTHOST", "args[1]");
+    let toml =
+        "[services.a]\ncrate = \"x\"\n\n[services.a.env]\nT = \"${EXTHOST_TEST_UNSET_VAR}\"\n";
+    fails_at("b.toml", toml, "T =", "env.T");
+    let toml = "[services.a]\nkind = \"mcp\"\nurl = \"http://x\"\nheaders = { Authorization = \"${EXTHOST_TEST_UNSET_VAR}\" }\n";
+    fails_at("c.toml", toml, "Authorization", "headers.Authorization");
+    let json = "{\"services\": {\"a\": {\n  \"crate\": \"x\",\n  \"args\": [\n    \"${EXTHOST_TEST_UNSET_VAR}\"\n  ]\n}}}\n";
+    fails_at("d.json", json, "\"${EXTHOST", "args[0]");
+    let json = "{\"services\": {\"a\": {\n  \"crate\": \"x\",\n  \"env\": {\"T\": \"${EXTHOST_TEST_\"}\n}}}\n";
+    fails_at("e.json", json, "\"T\"", "env.T");
+}
+
+#[test]
+fn an_empty_command_is_refused_at_load_for_every_kind() {
+    let err = fails_at(
+        "a.toml",
+        "[services.a]\ncommand = \"\"\n",
+        "command",
+        "`command` is empty",
+    );
+    assert!(
+        matches!(
+            err.innermost(),
+            ConfigError::Invalid {
+                field: "command",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    fails_at(
+        "b.toml",
+        "[services.a]\nkind = \"mcp\"\ncommand = \"\"\n",
+        "command",
+        "`command` is empty",
+    );
+    fails_at(
+        "c.json",
+        "{\"services\": {\"a\": {\"command\": \"\"}}}",
+        "\"command\"",
+        "`command` is empty",
+    );
 }

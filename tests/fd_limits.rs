@@ -108,3 +108,31 @@ async fn running_out_of_descriptors_is_reported_at_once_as_a_resource_error() {
     assert!(!stderr.contains("did not open its socket"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Out of descriptors at any step of a start (the log file and its
+/// rotation's listing included) is a resource error, never a panic nor
+/// another error: under several hard limits, so that each step runs out.
+#[tokio::test]
+async fn running_out_at_any_step_is_a_resource_error_without_a_panic() {
+    let dir = temp_dir();
+    let cfg = config(dir.path(), EXTENSIONS, "60s");
+    let cfg = cfg.to_str().unwrap();
+    for limit in [14, 15, 16, 18, 20, 24] {
+        let out = under_limit(&format!("-n {limit}"), &["tools", "--config", cfg]).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "limit {limit}: {stderr}");
+        assert!(!stderr.contains("panicked"), "limit {limit}: {stderr}");
+        assert!(!stderr.contains("cannot list"), "limit {limit}: {stderr}");
+        let failed: Vec<_> = stderr
+            .lines()
+            .filter(|l| l.starts_with("failed: "))
+            .collect();
+        assert!(!failed.is_empty(), "limit {limit}: {stderr}");
+        for line in &failed {
+            assert!(
+                line.contains("out of resources"),
+                "limit {limit}: {line}\n{stderr}"
+            );
+        }
+    }
+}

@@ -101,10 +101,43 @@ fn a_services_own_path_is_searched_for_a_bare_command_and_a_crate() {
         panic!("{err:?}");
     };
     let host_path = std::env::var_os("PATH").unwrap();
-    let expected: Vec<_> = std::env::split_paths(&host_path)
-        .map(|d| std::path::absolute(d.join("myext")).unwrap())
-        .collect();
+    let mut expected: Vec<std::path::PathBuf> = Vec::new();
+    for place in
+        std::env::split_paths(&host_path).map(|d| std::path::absolute(d.join("myext")).unwrap())
+    {
+        if !expected.contains(&place) {
+            expected.push(place);
+        }
+    }
     assert_eq!(looked, &expected);
+}
+
+#[test]
+fn each_place_looked_for_a_binary_is_named_once() {
+    let home = std::env::var("HOME").expect("HOME is set");
+    assert!(home.starts_with('/'), "HOME {home:?} is not absolute");
+    // `~/.cargo/bin` is on PATH too (as rustup puts it), and PATH names a
+    // folder twice.
+    let text = format!(
+        "[services.krate]
+crate = \"exthost-test-no-such-crate\"
+         env = {{ PATH = \"{home}/.cargo/bin:/nonexistent/bin:{home}/.cargo/bin/:/nonexistent/bin\" }}
+"
+    );
+    let cfg = HostConfig::from_toml_str(&text).unwrap();
+    let err = resolve_binary("krate", &cfg.services["krate"]).unwrap_err();
+    let SpawnError::BinaryNotFound { looked, .. } = &err else {
+        panic!("{err:?}");
+    };
+    let cargo = std::path::Path::new(&home).join(".cargo/bin/exthost-test-no-such-crate");
+    assert_eq!(
+        looked,
+        &[
+            cargo,
+            std::path::PathBuf::from("/nonexistent/bin/exthost-test-no-such-crate")
+        ],
+        "{err}"
+    );
 }
 
 #[tokio::test]

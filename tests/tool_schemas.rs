@@ -23,8 +23,14 @@ const BAD: &[(&str, &str)] = &[
     ("h_array", "not an array"),
     ("h_invalid", "not a valid JSON Schema"),
     ("h_not_json", "not JSON"),
-    ("h_twice", "declared twice"),
+    ("h_twice", "declared more than once"),
+    ("h_dup", "declared more than once"),
+    ("h_bad_ref", "not a valid JSON Schema"),
+    ("h_bad_pattern", "not a valid JSON Schema"),
 ];
+
+/// The tools declared twice: every definition left out.
+const TWICE: &[&str] = &["h_twice", "h_dup"];
 
 fn bad_schemas() -> ServiceConfig {
     ServiceConfig::command(hostile_bin()).with_env("HOSTILE_MODE", "bad_schemas")
@@ -36,14 +42,10 @@ async fn bad_definitions_are_left_out_alone_with_their_reasons_and_the_rest_work
     let m = manager(dir.path(), vec![("hostile", bad_schemas())]);
     let report = m.start().await;
     assert_eq!(report.ready, ["hostile"], "{:?}", report.failed);
+    // A name declared twice is left out with all its definitions, even
+    // when only one of them is a good schema (`h_dup`).
     let tools: Vec<_> = m.tools().into_iter().map(|t| t.tool.name).collect();
-    assert_eq!(tools, ["h_call", "h_twice"]);
-    // The first of the two definitions of `h_twice` is kept.
-    let twice = m.tools().into_iter().find(|t| t.tool.name == "h_twice");
-    assert_eq!(
-        twice.unwrap().tool.parameters,
-        serde_json::json!({"type": "object"})
-    );
+    assert_eq!(tools, ["h_call"]);
     let left_out = m.left_out();
     assert_eq!(left_out.len(), BAD.len(), "{left_out:?}");
     for (tool, why) in BAD {
@@ -59,8 +61,11 @@ async fn bad_definitions_are_left_out_alone_with_their_reasons_and_the_rest_work
         string.reason,
         LeftOutReason::BadSchema(SchemaProblem::NotObjectType(_))
     ));
-    let twice = left_out.iter().find(|l| l.tool == "h_twice").unwrap();
-    assert_eq!(twice.reason, LeftOutReason::DeclaredTwice);
+    for tool in TWICE {
+        let twice: Vec<_> = left_out.iter().filter(|l| l.tool == *tool).collect();
+        assert_eq!(twice.len(), 1, "{tool} reported more than once: {twice:?}");
+        assert_eq!(twice[0].reason, LeftOutReason::DeclaredTwice);
+    }
     // The status says the same.
     let status = m.status("hostile").unwrap();
     assert_eq!(status.tools_left_out, left_out);
@@ -102,7 +107,7 @@ async fn exthost_tools_lists_only_good_tools_and_tells_why_the_others_are_left_o
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let tools: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<_> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["h_call", "h_twice"]);
+    assert_eq!(names, ["h_call"]);
     for (tool, why) in BAD {
         let line = stderr
             .lines()
@@ -132,8 +137,10 @@ async fn run_status_carries_each_left_out_tool_with_its_reason() {
         string["message"].as_str().unwrap().contains("\"string\""),
         "{string}"
     );
-    let twice = left_out.iter().find(|l| l["tool"] == "h_twice").unwrap();
-    assert_eq!(twice["reason"], "declared_twice");
+    for tool in TWICE {
+        let twice = left_out.iter().find(|l| l["tool"] == *tool).unwrap();
+        assert_eq!(twice["reason"], "declared_twice", "{twice}");
+    }
     run.finish().await;
 }
 
@@ -157,11 +164,26 @@ async fn exthost_check_fails_schemas_and_tool_names_for_them() {
     };
     let schemas = line("schemas");
     assert!(schemas.starts_with("FAIL schemas:"), "{stdout}");
-    for tool in ["h_string", "h_null", "h_array", "h_invalid", "h_not_json"] {
+    for tool in [
+        "h_string",
+        "h_null",
+        "h_array",
+        "h_invalid",
+        "h_not_json",
+        "h_bad_ref",
+        "h_bad_pattern",
+    ] {
         assert!(schemas.contains(&format!("`{tool}`")), "{schemas}");
     }
     assert!(!schemas.contains("`h_call`"), "{schemas}");
     let names = line("tool_names");
     assert!(names.starts_with("FAIL tool_names:"), "{stdout}");
-    assert!(names.contains("`h_twice` is declared twice"), "{names}");
+    for tool in TWICE {
+        assert!(
+            names.contains(&format!(
+                "`{tool}` is declared twice (the host leaves out every definition)"
+            )),
+            "{names}"
+        );
+    }
 }

@@ -7,7 +7,16 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
+use super::location::{field_path, Seg};
 use super::{ConfigError, HostConfig, ServiceConfig, ServiceKind};
+
+/// Finds the line and column of a path (below the top-level key) in the
+/// file's text.
+pub(super) type Locator<'a> = &'a dyn Fn(&[Seg<'_>]) -> Option<(usize, usize)>;
+
+/// A service's names: the usable one it got, for each that differs from
+/// the name the file gives it.
+pub(super) type GivenNames = BTreeMap<String, String>;
 
 /// The top-level key of an MCP client's file in `root`, if it is one: a
 /// JSON object with `mcpServers` or `servers` and no `services`.
@@ -22,8 +31,13 @@ pub(super) fn client_key(root: &Value) -> Option<&'static str> {
 }
 
 /// Reads an MCP client's file. Keys exthost does not use are ignored with
-/// a warning (those files carry client-specific keys).
-pub(super) fn from_client_json(root: Value, key: &'static str) -> Result<HostConfig, ConfigError> {
+/// a warning (those files carry client-specific keys). Errors carry the
+/// line and column `locate` finds for their field.
+pub(super) fn from_client_json(
+    root: Value,
+    key: &'static str,
+    locate: Locator<'_>,
+) -> Result<(HostConfig, GivenNames), ConfigError> {
     let Value::Object(mut root) = root else {
         unreachable!("client_key checked it is an object")
     };
@@ -34,34 +48,52 @@ pub(super) fn from_client_json(root: Value, key: &'static str) -> Result<HostCon
         unreachable!("client_key checked it is an object")
     };
     let mut cfg = HostConfig::default();
+    let mut names = GivenNames::new();
     for (given, entry) in servers {
-        let service = entry_to_service(key, &given, entry)?;
+        let service = entry_to_service(key, &given, entry, locate)?;
         // Service names become file names; clients allow any key.
         let name = service_name(&given, |n| cfg.services.contains_key(n));
         if name != given {
             tracing::warn!(server = %given, service = %name, "a server's name is not a usable service name; renamed");
         }
         if cfg.services.insert(name.clone(), service).is_some() {
+            let (line, column) = locate(&[Seg::Key(&given)]).unzip();
             return Err(ConfigError::Parse {
                 at: format!("{key}.{name}"),
                 message: format!("service `{name}` is defined twice"),
                 file: None,
-                line: None,
-                column: None,
+                line,
+                column,
             });
         }
+        if name != given {
+            names.insert(name, given);
+        }
     }
-    Ok(cfg)
+    Ok((cfg, names))
 }
 
-fn entry_to_service(key: &str, name: &str, entry: Value) -> Result<ServiceConfig, ConfigError> {
-    let at = |field: &str| format!("{key}.{name}.{field}");
-    let wrong = |field: &str, expected: &str| ConfigError::Parse {
-        at: at(field),
-        message: format!("expected {expected}"),
-        file: None,
-        line: None,
-        column: None,
+fn entry_to_service(
+    key: &str,
+    name: &str,
+    entry: Value,
+    locate: Locator<'_>,
+) -> Result<ServiceConfig, ConfigError> {
+    let at = |field: &str| match field {
+        "" => format!("{key}.{name}"),
+        _ => format!("{key}.{name}.{field}"),
+    };
+    let wrong = |field: &str, expected: &str| {
+        let mut path = vec![Seg::Key(name)];
+        path.extend(field_path(field));
+        let (line, column) = locate(&path).unzip();
+        ConfigError::Parse {
+            at: at(field),
+            message: format!("expected {expected}"),
+            file: None,
+            line,
+            column,
+        }
     };
     let Value::Object(mut entry) = entry else {
         return Err(wrong("", "an object"));

@@ -151,7 +151,7 @@ fn tool_checks(rec: &mut Recorder, ready: &Ready, defs: &[ToolDef]) {
         joined(defs.iter().filter_map(|t| {
             if !seen.insert(t.name.as_str()) {
                 Some(format!(
-                    "`{}` is declared twice (the host keeps the first)",
+                    "`{}` is declared twice (the host leaves out every definition)",
                     t.name
                 ))
             } else if !is_portable_tool_name(&t.name) {

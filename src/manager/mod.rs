@@ -90,6 +90,7 @@ use crate::process::StopOutcome;
 use crate::proto::{ext_response::Msg, ExtRequest, RequestKind};
 use crate::registry::{Conflict, LeftOut, LeftOutReason, RegisteredTool, ToolNames};
 use crate::router::{kind_of, CallError, Router, RoutingTable, Unavailable};
+use crate::tool::SchemaProblem;
 
 /// A service's first start, as `handshake_all` waits for it.
 type Settling = (String, oneshot::Receiver<Result<(), Arc<StartError>>>);
@@ -159,7 +160,10 @@ impl Services {
                 rejected.extend(live.rejected.iter().map(|r| LeftOut {
                     service: slot.name.clone(),
                     tool: r.name.clone(),
-                    reason: LeftOutReason::BadSchema(r.problem.clone()),
+                    reason: match &r.problem {
+                        SchemaProblem::DeclaredTwice => LeftOutReason::DeclaredTwice,
+                        problem => LeftOutReason::BadSchema(problem.clone()),
+                    },
                 }));
             }
         }

@@ -19,7 +19,8 @@ use crate::config::ServiceConfig;
 ///
 /// # Errors
 ///
-/// [`SpawnError::BinaryNotFound`] listing every place looked, in order;
+/// [`SpawnError::BinaryNotFound`] listing every place looked, in order,
+/// each once;
 /// [`SpawnError::NotExecutable`] for a `command` path that is not
 /// executable.
 pub fn resolve_binary(name: &str, config: &ServiceConfig) -> Result<PathBuf, SpawnError> {
@@ -52,8 +53,12 @@ pub fn resolve_binary(name: &str, config: &ServiceConfig) -> Result<PathBuf, Spa
             candidates
         }
     };
-    let mut looked = Vec::new();
+    let mut looked: Vec<PathBuf> = Vec::new();
     for path in candidates {
+        // `$HOME/.cargo/bin` is often on `PATH` too: each place once.
+        if looked.contains(&path) {
+            continue;
+        }
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() && meta.mode() & 0o111 != 0 => return Ok(path),
             Ok(meta) if meta.is_file() && explicit.is_some() => {

@@ -43,16 +43,17 @@ impl LogFile {
         }
     }
 
-    /// The rotating writer. `spare` is a descriptor we hold (the log file,
-    /// opened to check it can be written): it is closed just before
-    /// file-rotate scans the folder, which needs one and panics without
-    /// it, so that a host out of descriptors gets an error here rather
-    /// than a panic (a panic that still comes, in a race with another
-    /// thread taking that descriptor, is turned into the error).
-    fn writer(&self, spare: std::fs::File) -> io::Result<FileRotate<AppendCount>> {
+    /// The rotating writer. `spare` holds the two descriptors
+    /// file-rotate needs at once (the log file it opens, then the folder
+    /// it lists), opened by us so that a host out of descriptors gets the
+    /// error, with its OS code, from us. They are closed just before
+    /// file-rotate runs, which panics without them; a panic that still
+    /// comes (another thread took a descriptor in between) is silenced and
+    /// turned into the error it carries, with its OS code where it has one.
+    fn writer(&self, spare: Spare) -> io::Result<FileRotate<AppendCount>> {
         let limit = usize::try_from(self.max_bytes.max(1)).unwrap_or(usize::MAX);
         drop(spare);
-        std::panic::catch_unwind(|| {
+        quiet_panics::catch(|| {
             FileRotate::new(
                 &self.path,
                 AppendCount::new(self.keep),
@@ -61,11 +62,84 @@ impl LogFile {
                 None,
             )
         })
-        .map_err(|_| {
-            io::Error::other(format!(
-                "cannot list the files beside {}",
-                self.path.display()
-            ))
+        .map_err(|message| {
+            // The OS error as it is, so that running out of descriptors
+            // is told as such.
+            os_error_in(&message).unwrap_or_else(|| {
+                io::Error::other(format!(
+                    "cannot list the files beside {}: {message}",
+                    self.path.display()
+                ))
+            })
+        })
+    }
+}
+
+/// Descriptors held for file-rotate: the log file and its folder.
+struct Spare {
+    _file: std::fs::File,
+    _dir: std::fs::File,
+}
+
+impl Spare {
+    /// Opens the log file (creating it) and its folder: the error, if any,
+    /// is the real one (out of descriptors included).
+    fn open(log: &LogFile) -> io::Result<Spare> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log.path)?;
+        let dir = match log.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        Ok(Spare {
+            _file: file,
+            _dir: std::fs::File::open(dir)?,
+        })
+    }
+}
+
+/// The OS error a panic message shows (`Os { code: 24, … }`, what
+/// `unwrap()` on an `io::Error` prints), if it shows one.
+fn os_error_in(message: &str) -> Option<io::Error> {
+    let rest = &message[message.find("Os { code: ")? + "Os { code: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().map(io::Error::from_raw_os_error)
+}
+
+/// Panics caught without their message on stderr.
+mod quiet_panics {
+    use std::cell::Cell;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::Once;
+
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Runs `f`; a panic in it is returned as its message, and not
+    /// printed. The first call installs a panic hook that keeps quiet for
+    /// such panics and hands every other to the hook it replaced.
+    pub(super) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !QUIET.with(Cell::get) {
+                    previous(info)
+                }
+            }));
+        });
+        let was = QUIET.with(|q| q.replace(true));
+        let result = catch_unwind(AssertUnwindSafe(f));
+        QUIET.with(|q| q.set(was));
+        result.map_err(|payload| {
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default()
         })
     }
 }
@@ -94,10 +168,7 @@ impl Pipe {
         // Fails early, with a real error, if the file cannot be written
         // (or no descriptor is left).
         let (drain, child) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let spare = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log.path)?;
+        let spare = Spare::open(log)?;
         let mut writer = log.writer(spare)?;
         writeln!(writer, "{header}")?;
         Ok(Pipe {

@@ -38,10 +38,13 @@ impl Paths {
     /// that is set to an absolute path, else `/tmp/exthost-<uid>`.
     ///
     /// An `XDG_RUNTIME_DIR` that is empty or relative (common under `sudo`,
-    /// `su`, cron and in containers) is invalid by the XDG Base Directory
-    /// specification and ignored, with a debug log line saying so.
+    /// `su`, cron and in containers), or that names a folder that does not
+    /// exist or is not owned by this user, is invalid by the XDG Base
+    /// Directory specification (the folder must exist, owned by the user)
+    /// and ignored, with a debug log line saying so: exthost never creates
+    /// it.
     pub fn runtime_default() -> Self {
-        let base = match absolute_env_dir("XDG_RUNTIME_DIR") {
+        let base = match absolute_env_dir("XDG_RUNTIME_DIR").filter(|d| usable_runtime_dir(d)) {
             Some(dir) => dir.join("exthost"),
             None => PathBuf::from(format!("/tmp/exthost-{}", nix::unistd::geteuid())),
         };
@@ -103,6 +106,27 @@ pub(crate) fn absolute_env_dir(var: &str) -> Option<PathBuf> {
         );
         None
     }
+}
+
+/// Whether `dir` may serve as `XDG_RUNTIME_DIR`: an existing folder owned
+/// by this user (the specification's requirements; exthost's own folder in
+/// it is made 0700 whatever its mode).
+fn usable_runtime_dir(dir: &Path) -> bool {
+    let problem = match std::fs::metadata(dir) {
+        Err(e) => e.to_string(),
+        Ok(meta) if !meta.is_dir() => "not a folder".to_owned(),
+        Ok(meta) if meta.uid() != nix::unistd::geteuid().as_raw() => {
+            format!("owned by uid {}, not by us", meta.uid())
+        }
+        Ok(_) => return true,
+    };
+    tracing::debug!(
+        var = "XDG_RUNTIME_DIR",
+        value = %dir.display(),
+        %problem,
+        "ignoring an environment variable whose folder is not usable"
+    );
+    false
 }
 
 /// Creates `dir` (and its parents) private to this user: mode 0700. An

@@ -1,7 +1,7 @@
 //! The routing table: tool names to [`Endpoint`]s, and the tool list that
 //! goes with it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -301,8 +301,8 @@ impl RoutingTable {
     }
 
     /// Builds a table, advertising the tool names `policy` allows; the
-    /// others (and a name one extension declared twice) are listed in
-    /// [`left_out`](Self::left_out).
+    /// others (and a name one extension declared twice, with every one of
+    /// its declarations) are listed in [`left_out`](Self::left_out).
     pub fn build_with<'a>(
         services: impl IntoIterator<Item = (&'a Arc<Endpoint>, &'a [Tool])>,
         policy: ToolNames,
@@ -313,12 +313,23 @@ impl RoutingTable {
         let mut owner: HashMap<&str, &str> = HashMap::new();
         for (endpoint, tools) in &services {
             let service = endpoint.name();
-            let mut own: HashSet<&str> = HashSet::new();
+            // A name declared twice is left out with every declaration,
+            // told once.
+            let mut own: HashMap<&str, usize> = HashMap::new();
+            for tool in *tools {
+                *own.entry(&tool.name).or_default() += 1;
+            }
             for tool in *tools {
                 let reason = match check_tool_name(&tool.name, policy) {
                     Some(reason) => Some(reason),
-                    None if !own.insert(&tool.name) => Some(LeftOutReason::DeclaredTwice),
-                    None => None,
+                    None => match own.get_mut(tool.name.as_str()) {
+                        Some(0) => continue,
+                        Some(n) if *n > 1 => {
+                            *n = 0;
+                            Some(LeftOutReason::DeclaredTwice)
+                        }
+                        _ => None,
+                    },
                 };
                 if let Some(reason) = reason {
                     table.left_out.push(LeftOut {

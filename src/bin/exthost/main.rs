@@ -164,7 +164,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| default_filter.into()),
         )
-        .with_writer(std::io::stderr)
+        // Never panics on a closed stderr: see `QuietStderr`.
+        .with_writer(output::QuietStderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     // Before the runtime opens its own descriptors; extensions get back

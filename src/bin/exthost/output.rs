@@ -34,6 +34,34 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+/// The log writer: stderr, where a failed write (a closed pipe, a full
+/// disk) drops the line silently. Logs are not the session's output, so
+/// losing them never ends or fails a session; and tracing-subscriber's fmt
+/// layer, told of a failed write, would `eprintln!` about it, which panics
+/// on the same closed stderr.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct QuietStderr;
+
+impl io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = io::stderr().flush();
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for QuietStderr {
+    type Writer = QuietStderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        QuietStderr
+    }
+}
+
 /// Whether stdout's reader has gone, seen without writing: a pipe or
 /// socket whose other end is closed reports an error or a hang-up, as does
 /// a hung-up terminal. A file never does.
