@@ -11,7 +11,7 @@
 //! - `tools/list`: the routing table's tools, in its order (service name,
 //!   then the service's order), with description and input schema. Tools
 //!   of services that are down (failed, stopped) are not listed.
-//! - `tools/call`: a [`ToolOutput`](crate::ToolOutput) keeps its content
+//! - `tools/call`: a [`ToolOutput`] keeps its content
 //!   blocks and structured content. A [`CallError`] becomes a result with
 //!   `isError: true` whose text is `kind: message` (`timeout: …`,
 //!   `unavailable: …`); an unknown tool is the protocol's invalid-params
@@ -195,7 +195,7 @@ impl McpServer {
             answer = answer => answer,
             // Dropping the call cancels it upstream.
             _ = context.ct.cancelled() => {
-                return Err(ErrorData::internal_error("cancelled by the client", None));
+                return Err(ErrorData::internal_error("call cancelled", None));
             }
         };
         match answer {

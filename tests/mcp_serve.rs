@@ -424,13 +424,21 @@ async fn http_serves_two_clients_at_once_and_wants_the_token() {
 
 /// The status of a bare POST to `url`, with no Authorization header.
 async fn raw_status(url: &str) -> u16 {
+    raw_status_with(url, None).await
+}
+
+/// The status of an `initialize` POST to `url` with `authorization`.
+async fn raw_status_with(url: &str, authorization: Option<&str>) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
     let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(req.as_bytes()).await.unwrap();
@@ -461,4 +469,44 @@ async fn a_non_loopback_address_needs_a_token() {
     assert!(stderr.contains("--token-file"), "{stderr}");
     // Nothing was started.
     assert!(!dir.path().join("logs").exists(), "no service was started");
+}
+
+#[tokio::test]
+async fn a_configuration_that_lists_exthost_mcp_itself_does_not_recurse() {
+    let dir = temp_dir();
+    let cfg = dir.path().join("host.toml");
+    let extra = format!(
+        "\n[services.itself]\nkind = \"mcp\"\ncommand = {:?}\nargs = [\"mcp\", \"--config\", {:?}]\n",
+        env!("CARGO_BIN_EXE_exthost"),
+        cfg
+    );
+    let cfg = config(dir.path(), &extra);
+    let s = stdio(&cfg, Client::new("recursion")).await;
+    let tools = s.client.peer().list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "n_echo"), "{tools:?}");
+    let log = std::fs::read_to_string(dir.path().join("logs").join("itself.log")).unwrap();
+    assert!(log.contains("refusing to serve"), "{log}");
+    assert_eq!(
+        log.matches("started by the `exthost mcp`").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+    let dir = temp_dir();
+    let cfg = config(dir.path(), "");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "tok\n").unwrap();
+    let (mut child, url) = http(&cfg, &["--token-file", token_file.to_str().unwrap()]).await;
+    assert_eq!(raw_status_with(&url, Some("bearer tok")).await, 200);
+    assert_eq!(raw_status_with(&url, Some("Bearer tok2")).await, 401);
+    assert_eq!(raw_status_with(&url, Some("Basic tok")).await, 401);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(exits(&mut child).await, Some(0));
 }

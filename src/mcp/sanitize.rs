@@ -73,7 +73,8 @@ impl Skipped {
 
     fn push(&mut self, bytes: &[u8]) {
         self.len += bytes.len();
-        self.tail.extend_from_slice(&bytes[bytes.len().saturating_sub(KEEP)..]);
+        self.tail
+            .extend_from_slice(&bytes[bytes.len().saturating_sub(KEEP)..]);
         let extra = self.tail.len().saturating_sub(KEEP);
         self.tail.drain(..extra);
     }
@@ -233,7 +234,10 @@ impl<R: AsyncRead> AsyncRead for Sanitize<R> {
                                 skipped.push(&this.line[start..start + at]);
                                 let _ = this.line.split_to(start + at + 1);
                                 let skipped = this.skipping.take().expect("skipping");
-                                tracing::warn!(bytes = skipped.len, "an MCP server's line is over the 16 MiB limit; skipped");
+                                tracing::warn!(
+                                    bytes = skipped.len,
+                                    "an MCP server's line is over the 16 MiB limit; skipped"
+                                );
                                 if let Some(answer) = skipped.answer() {
                                     this.ready.unsplit(answer);
                                 }
@@ -288,7 +292,10 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["id"], 7);
-        assert!(lines[0]["error"]["message"].as_str().unwrap().contains("line limit"));
+        assert!(lines[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line limit"));
         assert_eq!(lines[1]["id"], 8);
     }
 

@@ -243,7 +243,11 @@ async fn route_when_settled(
 }
 
 async fn call_tool(endpoint: Arc<Endpoint>, call: ToolCall) -> Result<ToolOutput, CallError> {
-    let name = endpoint.service_tool_name(&call.name).to_owned();
+    // The name the service knows; without a prefix, the call's own.
+    let name = match endpoint.prefix() {
+        Some(_) => endpoint.service_tool_name(&call.name).to_owned(),
+        None => call.name,
+    };
     let req = ExtRequest::tool_call_full(name, call.args, call.agent, call.task_id);
     match endpoint.request(req).await? {
         Msg::ToolResult(r) => Ok(endpoint.output(r.result)),

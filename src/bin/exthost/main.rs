@@ -156,7 +156,7 @@ fn main() -> ExitCode {
     let default_filter = match cli.command {
         Command::Run { .. } => "exthost=info",
         #[cfg(feature = "mcp")]
-        Command::Mcp { .. } => "exthost=info",
+        Command::Mcp { .. } => "exthost=info,rmcp=warn",
         _ => "exthost=warn",
     };
     tracing_subscriber::fmt()
@@ -254,7 +254,13 @@ fn load(path: &Path) -> Result<(HostConfig, Paths), u8> {
 
 /// A manager for the configuration at `path`, not started yet.
 fn manager(path: &Path) -> Result<ServiceManager, u8> {
-    let (cfg, paths) = load(path)?;
+    manager_with(path, |_| {})
+}
+
+/// A manager for the configuration at `path`, changed by `adjust` first.
+fn manager_with(path: &Path, adjust: impl FnOnce(&mut HostConfig)) -> Result<ServiceManager, u8> {
+    let (mut cfg, paths) = load(path)?;
+    adjust(&mut cfg);
     Ok(ServiceManager::builder(&cfg.services)
         .paths(paths)
         .tool_names(cfg.tool_names.unwrap_or_default())

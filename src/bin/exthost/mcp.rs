@@ -15,6 +15,13 @@ use tokio_util::sync::CancellationToken;
 use crate::output::{self, say, CLOSED_OUTPUT};
 use crate::signals::Signals;
 
+/// The largest message a client may send: 32 MiB, as a line of `run`.
+const MAX_MESSAGE: usize = 32 * 1024 * 1024;
+
+/// Set in every service's environment by `exthost mcp` (its pid): an
+/// `exthost mcp` that finds it was started by one.
+const NESTED: &str = "EXTHOST_MCP_PARENT";
+
 /// How `exthost mcp` serves.
 pub(crate) struct Options {
     pub(crate) listen: Option<String>,
@@ -27,6 +34,13 @@ pub(crate) struct Options {
 /// service gracefully. Exit 0, 7 for a closed stdout, 1 for bad options
 /// or configuration.
 pub(crate) async fn mcp(config: &Path, options: Options, signals: &mut Signals) -> u8 {
+    if let Some(parent) = std::env::var_os(NESTED) {
+        say!(
+            "exthost: `exthost mcp` was started by the `exthost mcp` of pid {}, whose configuration lists it; refusing to serve (remove that entry from the configuration)",
+            parent.to_string_lossy()
+        );
+        return 1;
+    }
     // Refuse bad options before anything is started.
     let http = match &options.listen {
         None => None,
@@ -38,7 +52,26 @@ pub(crate) async fn mcp(config: &Path, options: Options, signals: &mut Signals) 
             }
         },
     };
-    let manager = match crate::manager(config) {
+    // Bind before anything is started: a port in use starts nothing.
+    let listener = match &http {
+        None => None,
+        Some(http) => match tokio::net::TcpListener::bind(http.addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                say!("exthost: cannot listen on {}: {e}", http.addr);
+                return 1;
+            }
+        },
+    };
+    let manager = match crate::manager_with(config, |cfg| {
+        // A configuration that lists `exthost mcp` itself must not start
+        // it again and again: the copy it starts refuses to run.
+        for service in cfg.services.values_mut() {
+            service
+                .env
+                .insert(NESTED.to_owned(), std::process::id().to_string());
+        }
+    }) {
         Ok(manager) => manager,
         Err(code) => return code,
     };
@@ -59,24 +92,30 @@ pub(crate) async fn mcp(config: &Path, options: Options, signals: &mut Signals) 
         server = server.agent(agent);
     }
     let notifier = server.notify_changes();
-    let code = match http {
-        None => stdio(server, &manager, signals).await,
-        Some(http) => serve_http(server, http, &manager, signals).await,
+    let code = match (http, listener) {
+        (Some(http), Some(listener)) => serve_http(server, http, listener, &manager, signals).await,
+        _ => stdio(server, &manager, signals).await,
     };
     notifier.abort();
     code
 }
 
 async fn stdio(server: McpServer, manager: &ServiceManager, signals: &mut Signals) -> u8 {
-    let closed = output::Closed::default();
+    let closed = output::Closed::silent();
     closed.watch_stdout();
-    let running = match server.serve(rmcp::transport::stdio()).await {
+    // One message per line, up to 32 MiB (as `run`); rmcp drops longer
+    // lines with an error log.
+    let (stdin, stdout) = rmcp::transport::io::stdio_pipes();
+    let transport = rmcp::transport::async_rw::AsyncRwTransport::new(stdin, stdout)
+        .with_max_line_length(MAX_MESSAGE);
+    let running = match server.serve(transport).await {
         Ok(running) => running,
         Err(e) => {
             // The client went away or spoke no MCP before `initialize`.
             tracing::warn!(error = %e, "no MCP session on stdin/stdout");
             manager.shutdown_all().await;
             return if closed.is_closed() && !output::stdin_hung_up() {
+                output::log_closed(None);
                 CLOSED_OUTPUT
             } else {
                 0
@@ -91,6 +130,7 @@ async fn stdio(server: McpServer, manager: &ServiceManager, signals: &mut Signal
     // reader that left (7).
     let left = |closed: &output::Closed| {
         if closed.is_closed() && !output::stdin_hung_up() {
+            output::log_closed(None);
             CLOSED_OUTPUT
         } else {
             0
@@ -153,17 +193,10 @@ fn http_options(listen: &str, token_file: Option<&Path>) -> Result<Http, String>
 async fn serve_http(
     server: McpServer,
     http: Http,
+    listener: tokio::net::TcpListener,
     manager: &ServiceManager,
     signals: &mut Signals,
 ) -> u8 {
-    let listener = match tokio::net::TcpListener::bind(http.addr).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            say!("exthost: cannot listen on {}: {e}", http.addr);
-            manager.shutdown_all().await;
-            return 1;
-        }
-    };
     let local = listener.local_addr().unwrap_or(http.addr);
     let stop = CancellationToken::new();
     let mut config =
@@ -190,8 +223,10 @@ async fn serve_http(
     let served = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.cancelled().await;
     });
+    let served = served.into_future();
+    tokio::pin!(served);
     let code = tokio::select! {
-        result = served.into_future() => match result {
+        result = &mut served => match result {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!(error = %e, "the HTTP server failed");
@@ -200,7 +235,10 @@ async fn serve_http(
         },
         signal = signals.recv() => {
             tracing::info!(signal, "signal received; shutting down");
+            // Sessions end and their calls in flight are dropped, which
+            // cancels them upstream, before the services stop.
             stop.cancel();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut served).await;
             0
         }
     };
@@ -216,10 +254,11 @@ async fn bearer(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use subtle::ConstantTimeEq;
-    let given = req
-        .headers()
-        .get(http_header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let given = req.headers().get(http_header::AUTHORIZATION).and_then(|v| {
+        // The scheme is case-insensitive (RFC 7235).
+        let v = v.as_bytes();
+        (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
+    });
     let ok = given.is_some_and(|given| bool::from(given.ct_eq(&token)));
     if ok {
         next.run(req).await

@@ -104,6 +104,15 @@ pub(crate) struct Closed {
 }
 
 impl Closed {
+    /// One that never logs: for a caller that tells the end itself (after
+    /// telling a closed output from a client that left altogether).
+    #[cfg_attr(not(feature = "mcp"), allow(dead_code))]
+    pub(crate) fn silent() -> Self {
+        let closed = Closed::default();
+        closed.told.store(true, Ordering::SeqCst);
+        closed
+    }
+
     /// Marks the output closed, with the one log line (only the first
     /// call logs).
     pub(crate) fn close(&self, error: Option<&io::Error>) {
