@@ -510,3 +510,35 @@ async fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
     .unwrap();
     assert_eq!(exits(&mut child).await, Some(0));
 }
+
+#[tokio::test]
+async fn clients_hear_when_a_restart_changes_the_tools() {
+    let dir = temp_dir();
+    let client = Client::new("restarts");
+    let mut changes = client.list_changed.subscribe();
+    let s = stdio(&config(dir.path(), "restart = \"on_failure\"\n"), client).await;
+    // The extra tool exists only until the server restarts.
+    call(&s.client, "m_change_tools", serde_json::json!({}))
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, changes.wait_for(|n| *n >= 1))
+        .await
+        .expect("a notification for the added tool")
+        .unwrap();
+    let crashed = call(&s.client, "m_crash", serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(crashed.is_error, Some(true));
+    assert!(
+        text(&crashed).starts_with("unavailable: "),
+        "{}",
+        text(&crashed)
+    );
+    tokio::time::timeout(WAIT, changes.wait_for(|n| *n >= 2))
+        .await
+        .expect("a notification once the restarted server has other tools")
+        .unwrap();
+    let tools = s.client.peer().list_all_tools().await.unwrap();
+    assert!(!tools.iter().any(|t| t.name == "m_extra"), "{tools:?}");
+    assert!(tools.iter().any(|t| t.name == "m_echo"), "{tools:?}");
+}
