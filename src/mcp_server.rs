@@ -22,8 +22,9 @@
 //! - Progress notifications an MCP upstream sends for a call reach the
 //!   client under the client's own progress token (see
 //!   [`with_progress`](crate::mcp::with_progress)).
-//! - Each call's `agent` is the client's name from its `initialize`
-//!   (`clientInfo.name`), unless [`McpServer::agent`] sets one.
+//! - Each call's `agent` is the client's name (`clientInfo.name`, from its
+//!   `initialize` or, in discovery mode, from the request's metadata),
+//!   unless [`McpServer::agent`] sets one.
 //! - [`McpServer::notify_changes`] tells every connected client when the
 //!   tool list changes (a restart with other tools, an upstream list
 //!   change, a service failing or coming back).
@@ -152,10 +153,11 @@ impl McpServer {
     ) -> Result<CallToolResult, ErrorData> {
         let agent = match &self.agent {
             Some(agent) => agent.to_string(),
+            // From `initialize`, or from the request's own metadata for a
+            // client in discovery mode (2026-07-28).
             None => context
-                .peer
-                .peer_info()
-                .map(|info| info.client_info.name.clone())
+                .client_info()
+                .map(|info| info.name)
                 .filter(|name| !name.is_empty())
                 .unwrap_or_else(|| UNNAMED_CLIENT.to_owned()),
         };
