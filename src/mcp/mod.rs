@@ -307,12 +307,7 @@ impl McpConnection {
     ///
     /// [`McpError::ListTools`].
     pub async fn list_tools(&self) -> Result<Vec<Tool>, McpError> {
-        let tools = self
-            .peer
-            .list_all_tools()
-            .await
-            .map_err(McpError::ListTools)?;
-        Ok(tools.into_iter().map(from_mcp_tool).collect())
+        list_tools(&self.peer).await
     }
 
     /// Tools the server declared that could not be read at all (an
@@ -344,44 +339,9 @@ impl McpConnection {
         ConnectionError::Closed
     }
 
-    /// `tools/call` with its progress notifications sent to `sink`; a
-    /// call dropped before its answer is cancelled upstream, as
-    /// `Peer::call_tool` does.
-    async fn call_with_progress(
-        &self,
-        params: CallToolRequestParams,
-        sink: ProgressSink,
-    ) -> Result<CallToolResult, rmcp::ServiceError> {
-        let request = ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
-        let handle = self
-            .peer
-            .send_request_with_option(request, PeerRequestOptions::no_options())
-            .await?;
-        let mut guard = InFlight {
-            peer: self.peer.clone(),
-            progress: self.shared.progress.clone(),
-            token: handle.progress_token.clone(),
-            id: Some(handle.id.clone()),
-        };
-        self.shared
-            .progress
-            .lock()
-            .expect("lock poisoned")
-            .insert(guard.token.clone(), sink);
-        let response = handle.await_response().await;
-        guard.id = None;
-        match response? {
-            ServerResult::CallToolResult(result) => Ok(result),
-            _ => Err(rmcp::ServiceError::UnexpectedResponse),
-        }
-    }
-
     /// Ends the session without waiting.
     fn end(&self) {
-        let token = self.shared.cancel.lock().expect("lock poisoned").take();
-        if let Some(token) = token {
-            token.cancel();
-        }
+        self.shared.end();
     }
 
     /// Ends the session: for stdio, closes the server's stdin (its signal
@@ -428,6 +388,54 @@ fn describe_transport(error: &rmcp::transport::DynamicTransportError) -> String 
         source = cause.source();
     }
     text
+}
+
+/// Every tool `peer` offers, every page.
+async fn list_tools(peer: &Peer<RoleClient>) -> Result<Vec<Tool>, McpError> {
+    let tools = peer.list_all_tools().await.map_err(McpError::ListTools)?;
+    Ok(tools.into_iter().map(from_mcp_tool).collect())
+}
+
+impl Shared {
+    /// Ends the session without waiting.
+    fn end(&self) {
+        let token = self.cancel.lock().expect("lock poisoned").take();
+        if let Some(token) = token {
+            token.cancel();
+        }
+    }
+}
+
+/// `tools/call` with its progress notifications sent to `sink`; a call
+/// dropped before its answer is cancelled upstream, as `Peer::call_tool`
+/// does.
+async fn call_with_progress(
+    peer: &Peer<RoleClient>,
+    shared: &Shared,
+    params: CallToolRequestParams,
+    sink: ProgressSink,
+) -> Result<CallToolResult, rmcp::ServiceError> {
+    let request = ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
+    let handle = peer
+        .send_request_with_option(request, PeerRequestOptions::no_options())
+        .await?;
+    let mut guard = InFlight {
+        peer: peer.clone(),
+        progress: shared.progress.clone(),
+        token: handle.progress_token.clone(),
+        id: Some(handle.id.clone()),
+    };
+    shared
+        .progress
+        .lock()
+        .expect("lock poisoned")
+        .insert(guard.token.clone(), sink);
+    let response = handle.await_response().await;
+    guard.id = None;
+    match response? {
+        ServerResult::CallToolResult(result) => Ok(result),
+        _ => Err(rmcp::ServiceError::UnexpectedResponse),
+    }
 }
 
 tokio::task_local! {
@@ -635,8 +643,10 @@ impl Service<ExtRequest> for McpConnection {
             .permit
             .take()
             .expect("McpConnection::call without poll_ready");
+        // What the call needs, without the slots (a clone of those would
+        // allocate its acquire future on every call).
         let peer = self.peer.clone();
-        let this = self.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
             // The slot is held until this future ends: answered, failed, or
             // dropped by its caller (then rmcp tells the server).
@@ -648,7 +658,7 @@ impl Service<ExtRequest> for McpConnection {
                     let sink = PROGRESS.try_with(Clone::clone).ok();
                     let called = match sink {
                         None => peer.call_tool(params).await,
-                        Some(sink) => this.call_with_progress(params, sink).await,
+                        Some(sink) => call_with_progress(&peer, &shared, params, sink).await,
                     };
                     match called {
                         Ok(result) => Ok(answer(result)),
@@ -659,13 +669,13 @@ impl Service<ExtRequest> for McpConnection {
                                 // went away): the session is over, so the
                                 // supervisor sees it and applies the
                                 // restart policy (a new session).
-                                this.end();
+                                shared.end();
                             }
                             failed
                         }
                     }
                 }
-                Some(ext_request::Msg::RegisterTools(_)) => match this.list_tools().await {
+                Some(ext_request::Msg::RegisterTools(_)) => match list_tools(&peer).await {
                     Ok(tools) => Ok(ExtResponse::tool_schemas(
                         tools.iter().map(Tool::to_def).collect(),
                     )),
