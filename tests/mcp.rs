@@ -48,8 +48,22 @@ async fn pid_of(m: &ServiceManager) -> u32 {
         .unwrap()
 }
 
-/// Waits (bounded) until `cond` holds, checking every 10 ms: for effects
-/// seen only in files another process writes.
+/// Waits (bounded) for a routing table whose tools satisfy `pred`: on the
+/// router's own signal, each table it installs.
+async fn routed(
+    m: &ServiceManager,
+    what: &str,
+    mut pred: impl FnMut(&[exthost::registry::RegisteredTool]) -> bool,
+) {
+    let mut tables = m.router().watch_table();
+    tokio::time::timeout(WAIT, tables.wait_for(|t| pred(t.tools())))
+        .await
+        .unwrap_or_else(|_| panic!("{what} never happened"))
+        .expect("the router lives");
+}
+
+/// Waits (bounded) until `cond` holds, checking every 10 ms: only for
+/// effects seen in files another process writes, which give no signal.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     tokio::time::timeout(WAIT, async {
         while !cond() {
@@ -229,20 +243,22 @@ async fn a_tool_list_change_swaps_the_routes() {
     let dir = temp_dir();
     let m = manager(dir.path(), vec![("mcp", mcp_server())]);
     started(&m).await;
-    let has_extra = |m: &ServiceManager| m.tools().iter().any(|t| t.tool.name == "m_extra");
-    assert!(!has_extra(&m));
+    let has_extra = |tools: &[exthost::registry::RegisteredTool]| {
+        tools.iter().any(|t| t.tool.name == "m_extra")
+    };
+    assert!(!has_extra(&m.tools()));
 
     assert_eq!(
         call(&m, "m_change_tools", "{}").await.unwrap(),
         "tools changed"
     );
-    eventually("m_extra being routed", || has_extra(&m)).await;
+    routed(&m, "m_extra being routed", |t| has_extra(t)).await;
     assert_eq!(call(&m, "m_extra", "{}").await.unwrap(), "extra");
     assert_eq!(
         call(&m, "m_change_tools", "{}").await.unwrap(),
         "tools changed"
     );
-    eventually("m_extra being dropped", || !has_extra(&m)).await;
+    routed(&m, "m_extra being dropped", |t| !has_extra(t)).await;
     assert!(matches!(
         call(&m, "m_extra", "{}").await,
         Err(CallError::UnknownTool { .. })

@@ -30,6 +30,8 @@ struct Client {
     version: ProtocolVersion,
     list_changed: watch::Sender<u32>,
     progress: Arc<Mutex<Vec<String>>>,
+    /// How many progress notifications came: the signal to wait on.
+    progressed: watch::Sender<usize>,
 }
 
 impl Client {
@@ -39,6 +41,7 @@ impl Client {
             version: ProtocolVersion::LATEST_WITH_INITIALIZE,
             list_changed: watch::channel(0).0,
             progress: Arc::default(),
+            progressed: watch::channel(0).0,
         }
     }
 
@@ -60,6 +63,7 @@ impl ClientHandler for Client {
     ) {
         let message = params.message.unwrap_or_default();
         self.progress.lock().unwrap().push(message);
+        self.progressed.send_modify(|n| *n += 1);
     }
 
     fn get_info(&self) -> ClientConfig {
@@ -234,6 +238,7 @@ async fn cancellation_reaches_the_upstream_and_progress_comes_back() {
     let dir = temp_dir();
     let client = Client::new("canceller");
     let progress = client.progress.clone();
+    let mut progressed = client.progressed.subscribe();
     let s = stdio(&config(dir.path(), ""), client).await;
 
     // Progress from the MCP upstream, under our own token.
@@ -256,14 +261,10 @@ async fn cancellation_reaches_the_upstream_and_progress_comes_back() {
         .await
         .unwrap();
     // Wait until the call has reached the server (its progress arrives).
-    let reached = async {
-        while progress.lock().unwrap().len() < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, reached)
+    tokio::time::timeout(WAIT, progressed.wait_for(|n| *n >= 2))
         .await
-        .expect("the call reaches the server");
+        .expect("the call reaches the server")
+        .unwrap();
     handle.cancel(Some("changed my mind".into())).await.unwrap();
     let log = dir.path().join("cancelled.log");
     let seen = async {
