@@ -64,19 +64,7 @@ fn roundtrip(c: &mut Criterion) {
     let mut group = c.benchmark_group("mcp_roundtrip");
 
     // rmcp's client over the pipes of a server we spawn ourselves.
-    let (mut child, client) = rt.block_on(async {
-        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .arg("mcp")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let transport = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
-        let client = ().serve(transport).await.unwrap();
-        (child, client)
-    });
+    let (mut child, client) = rt.block_on(client_of(&std::env::current_exe().unwrap(), &["mcp"]));
     group.bench_function("rmcp_direct", |b| {
         b.to_async(&rt).iter(|| async {
             let params = CallToolRequestParams::new("echo").with_arguments(args.clone());
