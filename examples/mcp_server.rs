@@ -51,6 +51,8 @@
 //!   `notifications/tools/list_changed` to the client, then answers
 //!   `tools changed`.
 //! - `pid {}`: the server's process id, as text.
+//! - `getenv {name: string}` (only when `MCP_GETENV` is set): the value of
+//!   the environment variable `name`, or `unset`.
 //!
 //! Arguments of the wrong shape (say `echo` without `text`) and unknown tools
 //! are answered with a JSON-RPC `invalid_params` error (-32602), not with a
@@ -175,6 +177,16 @@ impl TestServer {
             ),
             Tool::new("pid", "Answers the server's process id.", no_arguments()),
         ];
+        if std::env::var_os("MCP_GETENV").is_some() {
+            tools.push(Tool::new(
+                "getenv",
+                "Answers the value of the environment variable `name`, or `unset`.",
+                schema(
+                    json!({"name": {"type": "string", "description": "The variable."}}),
+                    &["name"],
+                ),
+            ));
+        }
         if self.extra_enabled.load(Ordering::SeqCst) {
             tools.push(Tool::new(
                 "extra",
@@ -262,6 +274,11 @@ impl TestServer {
             "pid" => Ok(CallToolResult::success(vec![ContentBlock::text(
                 std::process::id().to_string(),
             )])),
+            "getenv" if std::env::var_os("MCP_GETENV").is_some() => {
+                let name = string_arg(args, "name")?;
+                let value = std::env::var(name).unwrap_or_else(|_| "unset".to_owned());
+                Ok(CallToolResult::success(vec![ContentBlock::text(value)]))
+            }
             "extra" if self.extra_enabled.load(Ordering::SeqCst) => {
                 Ok(CallToolResult::success(vec![ContentBlock::text("extra")]))
             }

@@ -18,7 +18,15 @@
 //!   `released ARGS` once the other end closes the connection. Tests hold
 //!   a call in the extension this way, and release it when they choose;
 //! - `limits` (only when `MOCK_LIMITS` is set): returns the process's soft
-//!   and hard descriptor limits, `SOFT HARD`.
+//!   and hard descriptor limits, `SOFT HARD`;
+//! - with `MOCK_CONFINE` set, for tests of confinement: `read_file`
+//!   (`{"path": P}`, answers the file's text or the error), `connect`
+//!   (`{"port": N}`, a TCP connection to 127.0.0.1), `alloc` (`{"mib": N}`,
+//!   allocates and touches N MiB), `getenv` (`{"name": V}`, the variable's
+//!   value or `unset`).
+//!
+//! `MOCK_CALLS_FILE`, when set, is appended each tool call's name and a
+//! newline, before the call runs.
 //!
 //! Environment: `MOCK_SERVICE` names the service (default `mock`);
 //! `MOCK_PREFIX` prefixes the tool names (or `MOCK_PREFIX_FILE`, a file
@@ -142,8 +150,21 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         tools.push(("wait", "Answers once the test releases it", object.clone()));
     }
     if std::env::var_os("MOCK_LIMITS").is_some() {
-        tools.push(("limits", "Returns the descriptor limits", object));
+        tools.push(("limits", "Returns the descriptor limits", object.clone()));
     }
+    if std::env::var_os("MOCK_CONFINE").is_some() {
+        tools.extend([
+            ("read_file", "Reads the file at `path`", object.clone()),
+            (
+                "connect",
+                "Connects to 127.0.0.1:`port` over TCP",
+                object.clone(),
+            ),
+            ("alloc", "Allocates and touches `mib` MiB", object.clone()),
+            ("getenv", "Returns the variable `name`", object),
+        ]);
+    }
+    let calls_file = std::env::var_os("MOCK_CALLS_FILE").map(PathBuf::from);
     let ext = Extension::new(service.clone())
         .tools(
             tools
@@ -155,7 +176,16 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let handler = service_fn(move |call: Call| {
         let (prefix, service, notify) = (prefix.clone(), service.clone(), notify.clone());
+        let calls_file = calls_file.clone();
         async move {
+            if let (Some(file), Call::Tool(t)) = (&calls_file, &call) {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)
+                    .map_err(|e| format!("calls file: {e}"))?;
+                writeln!(f, "{}", t.name).map_err(|e| format!("calls file: {e}"))?;
+            }
             match call {
                 Call::Tool(t) => match t.name.strip_prefix(prefix.as_str()).unwrap_or_default() {
                     "echo" => Ok(t.args),
@@ -174,6 +204,31 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
                             .map_err(|e| format!("limits: {e}"))?;
                         Ok(format!("{soft} {hard}"))
+                    }
+                    "read_file" => {
+                        let path = arg(&t.args, "path")?;
+                        std::fs::read_to_string(path.as_str().unwrap_or_default())
+                            .map_err(|e| format!("read_file: {e}"))
+                    }
+                    "connect" => {
+                        let port = arg(&t.args, "port")?.as_u64().unwrap_or_default() as u16;
+                        tokio::net::TcpStream::connect(("127.0.0.1", port))
+                            .await
+                            .map(|_| "connected".to_owned())
+                            .map_err(|e| format!("connect: {e}"))
+                    }
+                    "alloc" => {
+                        let mib = arg(&t.args, "mib")?.as_u64().unwrap_or_default() as usize;
+                        let block = vec![1u8; mib << 20];
+                        Ok(format!(
+                            "allocated {} MiB",
+                            std::hint::black_box(block).len() >> 20
+                        ))
+                    }
+                    "getenv" => {
+                        let name = arg(&t.args, "name")?;
+                        Ok(std::env::var(name.as_str().unwrap_or_default())
+                            .unwrap_or_else(|_| "unset".to_owned()))
                     }
                     "wait" => {
                         let gate = notify.as_deref().ok_or("wait: no MOCK_NOTIFY_SOCKET")?;
@@ -238,6 +293,15 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(path, how)?;
     }
     Ok(())
+}
+
+/// The argument `name` of a tool call's JSON arguments.
+fn arg(args: &str, name: &str) -> Result<serde_json::Value, String> {
+    let args: serde_json::Value =
+        serde_json::from_str(args).map_err(|e| format!("bad arguments: {e}"))?;
+    args.get(name)
+        .cloned()
+        .ok_or_else(|| format!("missing argument `{name}`"))
 }
 
 /// Connects to the test's `gate` socket, writes `args` and a newline, and

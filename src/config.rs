@@ -36,7 +36,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod clients;
+mod confine;
 mod expand;
+
+pub use confine::{ByteSize, Limits, Sandbox, ToolFilter};
 
 use crate::handshake::DEFAULT_HANDSHAKE_TIMEOUT;
 use crate::stack::DEFAULT_CALL_TIMEOUT;
@@ -203,6 +206,33 @@ pub struct ServiceConfig {
     /// How many rotated log files are kept (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_keep: Option<usize>,
+    /// The SHA-256 of the binary, 64 hexadecimal digits: checked before
+    /// every spawn and restart, on the very file then executed. Not for
+    /// `#!` scripts (refused: the interpreter would open the script again
+    /// by path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Which of the service's own tool names are registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolFilter>,
+    /// Whether the process inherits the host's whole environment (the
+    /// default). False: only `PATH`, `HOME`, `LANG`, `TZ` and `RUST_LOG`
+    /// (those set), the variables named in `env_pass`, and `env`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub inherit_env: bool,
+    /// Host variables passed through when `inherit_env = false`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_pass: Vec<String>,
+    /// Resource limits of the process.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
+    /// A Landlock sandbox for the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandbox>,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn yes() -> bool {
@@ -238,6 +268,12 @@ impl Default for ServiceConfig {
             breaker_cooldown: None,
             log_max_bytes: None,
             log_keep: None,
+            sha256: None,
+            tools: None,
+            inherit_env: true,
+            env_pass: Vec::new(),
+            limits: Limits::default(),
+            sandbox: None,
         }
     }
 }
@@ -353,6 +389,38 @@ impl ServiceConfig {
         self
     }
 
+    /// Pins the binary to a SHA-256 (64 hexadecimal digits).
+    pub fn with_sha256(mut self, hash: impl Into<String>) -> Self {
+        self.sha256 = Some(hash.into());
+        self
+    }
+
+    /// Sets which tools are registered.
+    pub fn with_tools(mut self, filter: ToolFilter) -> Self {
+        self.tools = Some(filter);
+        self
+    }
+
+    /// Starts the process with a minimal environment (`inherit_env =
+    /// false`), plus the host variables `pass` names.
+    pub fn with_clean_env(mut self, pass: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.inherit_env = false;
+        self.env_pass = pass.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the resource limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the Landlock sandbox.
+    pub fn with_sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
     /// Sets the stuck margin.
     pub fn with_stuck_margin(mut self, margin: Duration) -> Self {
         self.stuck_margin = Some(margin);
@@ -393,6 +461,18 @@ impl ServiceConfig {
             ServiceKind::Mcp => DEFAULT_MCP_MAX_IN_FLIGHT,
             _ => 1,
         })
+    }
+
+    /// `tools` split into those the `tools` filter keeps and the names of
+    /// those it hides (none without a filter).
+    pub fn filter_tools(
+        &self,
+        tools: Vec<crate::tool::Tool>,
+    ) -> (Vec<crate::tool::Tool>, Vec<String>) {
+        match &self.tools {
+            Some(filter) => filter.apply(tools),
+            None => (tools, Vec::new()),
+        }
     }
 
     /// Checks the entry named `name`.
@@ -487,6 +567,88 @@ impl ServiceConfig {
         ] {
             if d == Some(Duration::ZERO) {
                 return Err(field(f, "must be longer than zero".to_owned()));
+            }
+        }
+        self.validate_confinement(&field)
+    }
+
+    /// Checks `sha256`, `tools`, `env_pass`, `limits` and `sandbox`.
+    fn validate_confinement(
+        &self,
+        field: &dyn Fn(&'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if let Some(hash) = &self.sha256 {
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(field(
+                    "sha256",
+                    format!("must be 64 hexadecimal digits, not {hash:?}"),
+                ));
+            }
+        }
+        if let Some(tools) = &self.tools {
+            tools.compile().map_err(|(f, problem)| field(f, problem))?;
+        }
+        if !self.env_pass.is_empty() && self.inherit_env {
+            return Err(field(
+                "env_pass",
+                "applies only with `inherit_env = false` (the whole environment is passed)"
+                    .to_owned(),
+            ));
+        }
+        if let Some(bad) = self
+            .env_pass
+            .iter()
+            .find(|v| v.is_empty() || v.contains('='))
+        {
+            return Err(field(
+                "env_pass",
+                format!("names a variable {bad:?}, which is not a variable name"),
+            ));
+        }
+        let l = &self.limits;
+        for (f, zero) in [
+            ("limits.memory", l.memory.is_some_and(|m| m.0 == 0)),
+            ("limits.file_size", l.file_size.is_some_and(|m| m.0 == 0)),
+            ("limits.open_files", l.open_files == Some(0)),
+            ("limits.processes", l.processes == Some(0)),
+            (
+                "limits.cpu_time",
+                l.cpu_time.is_some_and(|t| t.as_secs() == 0),
+            ),
+        ] {
+            if zero {
+                return Err(field(
+                    f,
+                    "must be at least 1 (1 second for cpu_time)".to_owned(),
+                ));
+            }
+        }
+        if let Some(sandbox) = &self.sandbox {
+            for (f, paths) in [
+                ("sandbox.read", &sandbox.read),
+                ("sandbox.write", &sandbox.write),
+            ] {
+                if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
+                    return Err(field(
+                        f,
+                        format!("must hold absolute paths, not {}", p.display()),
+                    ));
+                }
+            }
+        }
+        if self.kind == ServiceKind::Mcp && self.url.is_some() {
+            let process_only = [
+                ("sha256", self.sha256.is_some()),
+                ("inherit_env", !self.inherit_env),
+                ("limits", !self.limits.is_empty()),
+                ("sandbox", self.sandbox.is_some()),
+            ];
+            if let Some((f, _)) = process_only.iter().find(|(_, set)| *set) {
+                return Err(field(
+                    f,
+                    "applies to a process exthost spawns, and this service is a remote `url`"
+                        .to_owned(),
+                ));
             }
         }
         Ok(())

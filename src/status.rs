@@ -17,6 +17,8 @@
 //!     restarts: 1,
 //!     error: Some(DownReason::Exited(std::process::ExitStatus::from_raw(3 << 8))),
 //!     tools_left_out: Vec::new(),
+//!     tools_hidden: 0,
+//!     restrictions: Vec::new(),
 //! };
 //! assert_eq!(status.state.as_str(), "restarting");
 //! assert_eq!(status.error.unwrap().to_string(), "exited: exit status: 3");
@@ -143,4 +145,18 @@ pub struct ServiceStatus {
     /// when there are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tools_left_out: Vec<crate::registry::LeftOut>,
+    /// How many of its tools its `tools` filter hides; left out of the
+    /// JSON when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tools_hidden: usize,
+    /// Every restriction in force on it, described (`sha256 …`, `env:
+    /// minimal`, `limit memory 512MiB`, `sandbox (Landlock ABI 7): …`,
+    /// `tools allow […]`), as of its last start; left out of the JSON
+    /// when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restrictions: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

@@ -80,6 +80,7 @@ pub(super) async fn ready(
             return Err(failed(e));
         }
     };
+    let (tools, hidden_tools) = config.filter_tools(tools);
     let (tools, mut rejected) = crate::tool::partition_checked(tools);
     rejected.extend(mcp.take_rejected());
     let (server, version) = mcp.server_info();
@@ -92,11 +93,12 @@ pub(super) async fn ready(
         rejected,
     };
     let service = connector.stack(name, config).wrap(mcp.clone());
-    tracing::info!(service = %name, tools = info.tools.len(), pid = process.map(|p| p.pid()), server = %info.service, "MCP server ready");
+    tracing::info!(service = %name, tools = info.tools.len(), hidden = hidden_tools.len(), pid = process.map(|p| p.pid()), server = %info.service, "MCP server ready");
     Ok(Connected {
         info,
         link: Link::Mcp(mcp),
         service,
+        hidden_tools,
     })
 }
 

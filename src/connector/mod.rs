@@ -178,6 +178,9 @@ pub struct Connected {
     /// Its per-extension stack: `Trace ▶ Timeout ▶ [the connector's layers]
     /// ▶ connection`.
     pub service: ExtensionService,
+    /// The tools it declared that the service's `tools` filter hides: not
+    /// in `info.tools`, never registered, never called.
+    pub hidden_tools: Vec<String>,
 }
 
 /// The connection under a service's stack, for what is not a request.
@@ -291,17 +294,20 @@ impl Connector {
         // Over the bare connection (traced): each step is bounded by the
         // handshake timeout alone, not by the stack's call timeout.
         let mut traced = crate::trace::Trace::new(connection.clone(), Arc::from(name));
-        let info = handshake(&mut traced, &config.config, config.handshake_timeout())
+        let mut info = handshake(&mut traced, &config.config, config.handshake_timeout())
             .await
             .map_err(|source| StartError::Handshake {
                 service: name.to_owned(),
                 source,
             })?;
+        let (tools, hidden_tools) = config.filter_tools(std::mem::take(&mut info.tools));
+        info.tools = tools;
         let service = stack.service(connection.clone());
         Ok(Connected {
             info,
             link: Link::Native(connection),
             service,
+            hidden_tools,
         })
     }
 
@@ -615,7 +621,7 @@ async fn connect_and_handshake(
             return Err(e);
         }
     };
-    tracing::info!(service = %name, tools = connected.info.tools.len(), pid = proc.pid(), "extension ready");
+    tracing::info!(service = %name, tools = connected.info.tools.len(), hidden = connected.hidden_tools.len(), pid = proc.pid(), "extension ready");
     Ok(connected)
 }
 

@@ -47,6 +47,8 @@ impl Slot {
             restarts: 0,
             error: None,
             tools_left_out: Vec::new(),
+            tools_hidden: 0,
+            restrictions: Vec::new(),
         });
         let endpoint = Endpoint::new(name.as_str())
             .with_max_queued(config.max_queued)
@@ -106,6 +108,16 @@ impl Slot {
         live.rejected = rejected;
         live.query = query;
         let pid = started.pid();
+        let hidden = started
+            .extension
+            .as_ref()
+            .map_or(0, |ext| ext.hidden_tools.len());
+        let mut restrictions = started
+            .process
+            .as_ref()
+            .map(|p| p.restrictions().to_vec())
+            .unwrap_or_default();
+        restrictions.extend(self.config.tools.as_ref().map(ToString::to_string));
         if let Some(ext) = &started.extension {
             self.endpoint.set_ready(ext.service.clone());
         }
@@ -115,6 +127,8 @@ impl Slot {
             s.state = ServiceState::Ready;
             s.pid = pid;
             s.error = None;
+            s.tools_hidden = hidden;
+            s.restrictions = restrictions;
         });
         Ok(changed)
     }
@@ -140,6 +154,7 @@ impl Slot {
         tools: Vec<Tool>,
         unreadable: Vec<crate::tool::RejectedTool>,
     ) -> bool {
+        let (tools, hidden) = self.config.filter_tools(tools);
         let (tools, mut rejected) = crate::tool::partition_checked(tools);
         rejected.extend(unreadable);
         let tools = self.routed(tools);
@@ -152,6 +167,8 @@ impl Slot {
         }
         live.tools = tools;
         live.rejected = rejected;
+        drop(live);
+        self.set_status(|s| s.tools_hidden = hidden.len());
         true
     }
 

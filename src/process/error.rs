@@ -66,6 +66,37 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+    /// The binary's SHA-256 is not the one `sha256` pins: nothing was
+    /// spawned.
+    #[error("service `{service}`: {binary} has sha256 {actual}, but `sha256` pins {expected}; not starting it")]
+    HashMismatch {
+        /// The service.
+        service: String,
+        /// The binary.
+        binary: PathBuf,
+        /// The hash the configuration pins.
+        expected: String,
+        /// The binary's hash.
+        actual: String,
+    },
+    /// `sha256` pins a `#!` script, which cannot be pinned: the
+    /// interpreter would open the script again by its path.
+    #[error("service `{service}`: {binary} is a `#!` script, and `sha256` pins only binaries (the interpreter opens a script again by path); pin the interpreter and run the script from a path only you can write, or remove `sha256`")]
+    PinnedScript {
+        /// The service.
+        service: String,
+        /// The script.
+        binary: PathBuf,
+    },
+    /// The Landlock sandbox is `required` and cannot be enforced, or
+    /// cannot be built.
+    #[error("service `{service}`: sandbox {problem}")]
+    Sandbox {
+        /// The service.
+        service: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The operating system could not start the binary.
     #[error("service `{service}`: cannot spawn {binary}: {source}")]
     Exec {

@@ -40,6 +40,8 @@ struct Inner {
     socket_inode: OnceLock<u64>,
     /// Turns true once the process's output has ended and is in the log.
     drained: watch::Receiver<bool>,
+    /// The restrictions in force, described.
+    restrictions: Vec<String>,
 }
 
 /// How a process ended when it was stopped.
@@ -78,6 +80,7 @@ impl ProcessHandle {
         log: &Path,
         status: watch::Receiver<Option<ExitStatus>>,
         drained: watch::Receiver<bool>,
+        restrictions: Vec<String>,
     ) -> Self {
         ProcessHandle {
             inner: Arc::new(Inner {
@@ -89,8 +92,16 @@ impl ProcessHandle {
                 group_ended: AtomicBool::new(false),
                 socket_inode: OnceLock::new(),
                 drained,
+                restrictions,
             }),
         }
+    }
+
+    /// Every restriction in force on the process (pinned hash, clean
+    /// environment, resource limits, sandbox), as its status lists them;
+    /// empty when it is not confined.
+    pub fn restrictions(&self) -> &[String] {
+        &self.inner.restrictions
     }
 
     /// The service name.

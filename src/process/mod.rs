@@ -49,6 +49,7 @@
 
 mod binary;
 mod claim;
+mod confine;
 mod error;
 mod handle;
 mod limits;
@@ -59,6 +60,7 @@ mod sys;
 mod watchdog;
 
 pub use binary::resolve_binary;
+pub use confine::{binary_sha256, MINIMAL_ENV};
 pub use error::SpawnError;
 pub use handle::{ProcessHandle, StopOutcome};
 pub use limits::{is_resource_exhausted, raise_fd_limit, FdLimit};

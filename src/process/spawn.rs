@@ -10,6 +10,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
+use super::confine::{self, Confinement, Pinned};
 use super::log::{LogFile, Pipe};
 use super::{
     check_socket_path, prepare_private_dir, resolve_binary, sys, Paths, ProcessHandle, SpawnError,
@@ -35,8 +36,8 @@ pub fn spawn(
             problem: "is \"mcp\": an MCP server is started with `spawn_stdio`".to_owned(),
         }));
     }
-    let (cmd, socket, log) = prepare(name, config, paths)?;
-    spawn_logged(name, cmd, socket, &log, false).map(|(handle, _)| handle)
+    let (cmd, socket, log, confinement) = prepare(name, config, paths)?;
+    spawn_logged(name, cmd, socket, &log, false, confinement).map(|(handle, _)| handle)
 }
 
 /// Spawns the MCP server of service `name` (`kind = "mcp"` with a
@@ -57,24 +58,49 @@ pub fn spawn_stdio(
     ),
     SpawnError,
 > {
-    let (cmd, socket, log) = prepare(name, config, paths)?;
-    let (handle, pipes) = spawn_logged(name, cmd, socket, &log, true)?;
+    let (cmd, socket, log, confinement) = prepare(name, config, paths)?;
+    let (handle, pipes) = spawn_logged(name, cmd, socket, &log, true, confinement)?;
     let (stdin, stdout) = pipes.expect("piped stdio was asked for");
     Ok((handle, stdin, stdout))
 }
 
-/// The command line, socket and log file of service `name`.
+/// The command line, socket, log file and confinement of service `name`.
 fn prepare(
     name: &str,
     config: &ServiceConfig,
     paths: &Paths,
-) -> Result<(tokio::process::Command, Option<PathBuf>, LogFile), SpawnError> {
+) -> Result<
+    (
+        tokio::process::Command,
+        Option<PathBuf>,
+        LogFile,
+        Confinement,
+    ),
+    SpawnError,
+> {
     config.validate(name).map_err(SpawnError::Config)?;
     let binary = resolve_binary(name, config)?;
+    let mut confinement = Confinement::default();
+    // Checked first: a binary that is not the pinned one gets nothing done
+    // for it.
+    if let Some(expected) = &config.sha256 {
+        let pinned = Pinned::open(name, &binary, expected)?;
+        confinement
+            .restrictions
+            .push(format!("sha256 {}", expected.to_ascii_lowercase()));
+        confinement.pinned = Some(pinned);
+    }
     let io_err = |what| io_error(name, what);
     prepare_private_dir(&paths.logs_dir).map_err(io_err("create the logs folder"))?;
 
-    let mut cmd = tokio::process::Command::new(&binary);
+    let mut cmd = match &confinement.pinned {
+        Some(pinned) => {
+            let mut cmd = tokio::process::Command::new(pinned.exec_path());
+            cmd.arg0(&binary);
+            cmd
+        }
+        None => tokio::process::Command::new(&binary),
+    };
     if config.kind != ServiceKind::Mcp {
         cmd.arg("serve");
     }
@@ -99,7 +125,19 @@ fn prepare(
         }
     };
     cmd.args(&config.args);
+    confinement
+        .restrictions
+        .extend(confine::environment(&mut cmd, config));
     cmd.envs(&config.env);
+    let (rlimits, described) = confine::rlimits(&config.limits);
+    confinement.rlimits = rlimits;
+    confinement.restrictions.extend(described);
+    if let Some(sandbox) = &config.sandbox {
+        let services_dir = socket.as_ref().and(Some(paths.services_dir.as_path()));
+        let prepared = confine::sandbox(name, sandbox, &binary, services_dir)?;
+        confinement.restrictions.push(prepared.described.clone());
+        confinement.sandbox = Some(prepared);
+    }
     if let Some(cwd) = &config.cwd {
         if !cwd.is_dir() {
             let missing = io::Error::new(
@@ -115,7 +153,7 @@ fn prepare(
         max_bytes: config.log_max_bytes(),
         keep: config.log_keep(),
     };
-    Ok((cmd, socket, log))
+    Ok((cmd, socket, log, confinement))
 }
 
 /// Spawns a prepared command as extension `name`, with the same treatment
@@ -132,25 +170,39 @@ pub fn spawn_command(
     socket: Option<PathBuf>,
     log: &Path,
 ) -> Result<ProcessHandle, SpawnError> {
-    spawn_logged(name, cmd, socket, &LogFile::new(log), false).map(|(handle, _)| handle)
+    spawn_logged(
+        name,
+        cmd,
+        socket,
+        &LogFile::new(log),
+        false,
+        Confinement::default(),
+    )
+    .map(|(handle, _)| handle)
 }
 
 /// The stdin and stdout of a child spawned with piped stdio.
 type Pipes = (tokio::process::ChildStdin, tokio::process::ChildStdout);
 
 /// Spawns `cmd` with its output appended to `log`: stdout and stderr, or
-/// with `stdio`, stderr only, stdin and stdout being piped to the host.
+/// with `stdio`, stderr only, stdin and stdout being piped to the host;
+/// `confinement` is applied in the child.
 fn spawn_logged(
     name: &str,
     mut cmd: tokio::process::Command,
     socket: Option<PathBuf>,
     log: &LogFile,
     stdio: bool,
+    confinement: Confinement,
 ) -> Result<(ProcessHandle, Option<Pipes>), SpawnError> {
     // The first spawn raises the host's descriptor limit (once).
     super::limits::raise_fd_limit();
     let io_err = |what| io_error(name, what);
-    let program = PathBuf::from(cmd.as_std().get_program());
+    // A pinned binary runs as `/proc/self/fd/N`, its path in `argv[0]`.
+    let program = match &confinement.pinned {
+        Some(pinned) => pinned.binary.clone(),
+        None => PathBuf::from(cmd.as_std().get_program()),
+    };
     let header = format!("{}{name}: {}", super::log::HEADER_PREFIX, program.display());
     let pipe = Pipe::new(log, &header).map_err(io_err("open the log file"))?;
     let output = pipe
@@ -174,13 +226,30 @@ fn spawn_logged(
     if let Some((soft, hard)) = super::limits::for_children() {
         sys::restore_fd_limit(cmd.as_std_mut(), soft, hard);
     }
+    let Confinement {
+        pinned,
+        rlimits,
+        sandbox,
+        restrictions,
+    } = confinement;
+    let sandboxed = sandbox.is_some();
+    if rlimits.iter().any(Option::is_some) || sandboxed {
+        sys::confine(cmd.as_std_mut(), rlimits, sandbox);
+    }
 
     let spawned = cmd.spawn();
+    // The pinned binary was executed (or not): its descriptor goes.
+    drop(pinned);
     // Our copies of the child's end go now, so the drain sees the end of
     // the output when the child (and what inherited it) closes it.
     drop(cmd);
     let mut child = spawned.map_err(|source| {
-        if super::limits::is_resource_exhausted(&source) {
+        if sandboxed && source.raw_os_error() == Some(nix::errno::Errno::EOPNOTSUPP as i32) {
+            SpawnError::Sandbox {
+                service: name.to_owned(),
+                problem: "is required, and the kernel did not enforce it".to_owned(),
+            }
+        } else if super::limits::is_resource_exhausted(&source) {
             io_error(name, "spawn its process")(source)
         } else {
             SpawnError::Exec {
@@ -200,7 +269,11 @@ fn spawn_logged(
     let drained = pipe.drain().map_err(io_err("read the process's output"))?;
     let log = &log.path;
     let pid = child.id().expect("a just-spawned child has a pid");
-    tracing::info!(service = %name, pid, binary = %program.display(), log = %log.display(), "spawned extension");
+    if restrictions.is_empty() {
+        tracing::info!(service = %name, pid, binary = %program.display(), log = %log.display(), "spawned extension");
+    } else {
+        tracing::info!(service = %name, pid, binary = %program.display(), log = %log.display(), restrictions = %restrictions.join("; "), "spawned extension");
+    }
 
     super::watchdog::watch(pid);
     let (tx, rx) = watch::channel(None);
@@ -223,7 +296,7 @@ fn spawn_logged(
         super::watchdog::unwatch(pid);
     });
     Ok((
-        ProcessHandle::new(name, pid, socket, log, rx, drained),
+        ProcessHandle::new(name, pid, socket, log, rx, drained, restrictions),
         pipes,
     ))
 }

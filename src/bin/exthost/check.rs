@@ -36,6 +36,9 @@ pub(crate) async fn check(
         output::log_closed(Some(&e));
         return CLOSED_OUTPUT;
     }
+    if let Ok(hash) = exthost::process::binary_sha256(std::path::Path::new(&program[0])) {
+        say!("sha256: {hash}  {}", program[0]);
+    }
     let conformant = report.is_conformant(strict);
     if !conformant && !report.output().is_empty() {
         say!("last lines of the extension's output:\n{}", report.output());

@@ -320,7 +320,8 @@ pub(crate) fn tools_json(manager: &ServiceManager) -> serde_json::Value {
 }
 
 async fn tools(path: &Path, json: bool, signals: &mut signals::Signals) -> u8 {
-    let manager = match manager(path) {
+    let mut services = std::collections::BTreeMap::new();
+    let manager = match manager_with(path, |cfg| services = cfg.services.clone()) {
         Ok(manager) => manager,
         Err(code) => return code,
     };
@@ -369,6 +370,15 @@ async fn tools(path: &Path, json: bool, signals: &mut signals::Signals) -> u8 {
     for left_out in manager.left_out() {
         say!("left out: {left_out}");
     }
+    for (name, status) in manager.statuses() {
+        if status.tools_hidden > 0 {
+            say!(
+                "hidden: `{name}`: {} tools hidden by its `tools` filter",
+                status.tools_hidden
+            );
+        }
+    }
+    print_hashes(&services);
     for c in manager.conflicts() {
         say!(
             "conflict: tool `{}` is declared by `{}` and `{}`; `{}` keeps it",
@@ -383,6 +393,22 @@ async fn tools(path: &Path, json: bool, signals: &mut signals::Signals) -> u8 {
     }
     manager.shutdown_all().await;
     u8::from(!report.failed.is_empty())
+}
+
+/// Prints the SHA-256 of each service's binary, for `sha256` pins.
+fn print_hashes(services: &std::collections::BTreeMap<String, exthost::config::ServiceConfig>) {
+    for (name, config) in services {
+        if config.url.is_some() || !config.enabled {
+            continue;
+        }
+        let Ok(binary) = exthost::process::resolve_binary(name, config) else {
+            continue;
+        };
+        match exthost::process::binary_sha256(&binary) {
+            Ok(hash) => say!("sha256: `{name}`: {hash}  {}", binary.display()),
+            Err(e) => say!("sha256: `{name}`: cannot read {}: {e}", binary.display()),
+        }
+    }
 }
 
 /// The exit code of a call error.

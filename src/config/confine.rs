@@ -1,0 +1,371 @@
+//! Confinement settings of a service: which tools it may offer, its
+//! resource limits and its Landlock sandbox.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::tool::Tool;
+
+/// Which of a service's own tool names are registered (`tools = { allow,
+/// deny }`): glob patterns (`*`, `?`, `[abc]`, `{a,b}`) matched against
+/// the whole name, before any `prefix`.
+///
+/// A tool is kept when `allow` is absent or one of its patterns matches,
+/// and no pattern of `deny` matches. Hidden tools are not registered:
+/// calls to them fail as unknown tools and never reach the service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ToolFilter {
+    /// Patterns of the tools kept; absent: every tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// Patterns of the tools hidden, even when `allow` matches them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+impl ToolFilter {
+    /// A filter keeping only the tools `allow` matches.
+    pub fn allow(patterns: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        ToolFilter {
+            allow: Some(patterns.into_iter().map(Into::into).collect()),
+            deny: Vec::new(),
+        }
+    }
+
+    /// Also hides the tools `patterns` match.
+    pub fn deny(mut self, patterns: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.deny.extend(patterns.into_iter().map(Into::into));
+        self
+    }
+
+    /// The compiled patterns; an error names the list (`tools.allow` or
+    /// `tools.deny`) and the pattern.
+    pub(crate) fn compile(&self) -> Result<CompiledFilter, (&'static str, String)> {
+        let set = |field: &'static str, patterns: &[String]| {
+            let mut builder = globset::GlobSetBuilder::new();
+            for p in patterns {
+                let glob = globset::GlobBuilder::new(p)
+                    .literal_separator(false)
+                    .build()
+                    .map_err(|e| (field, format!("has a bad pattern {p:?}: {}", e.kind())))?;
+                builder.add(glob);
+            }
+            builder
+                .build()
+                .map_err(|e| (field, format!("cannot be compiled: {e}")))
+        };
+        Ok(CompiledFilter {
+            allow: match &self.allow {
+                Some(allow) => Some(set("tools.allow", allow)?),
+                None => None,
+            },
+            deny: set("tools.deny", &self.deny)?,
+        })
+    }
+
+    /// `tools` split into those kept and the names of those hidden.
+    ///
+    /// # Panics
+    ///
+    /// If a pattern is bad: the configuration was not validated.
+    pub fn apply(&self, tools: Vec<Tool>) -> (Vec<Tool>, Vec<String>) {
+        let filter = self
+            .compile()
+            .expect("a validated configuration has good patterns");
+        let (kept, hidden): (Vec<Tool>, Vec<Tool>) =
+            tools.into_iter().partition(|t| filter.keeps(&t.name));
+        (kept, hidden.into_iter().map(|t| t.name).collect())
+    }
+}
+
+impl fmt::Display for ToolFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("tools")?;
+        if let Some(allow) = &self.allow {
+            write!(f, " allow [{}]", allow.join(", "))?;
+        }
+        if !self.deny.is_empty() {
+            write!(f, " deny [{}]", self.deny.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// A [`ToolFilter`] ready to match.
+pub(crate) struct CompiledFilter {
+    allow: Option<globset::GlobSet>,
+    deny: globset::GlobSet,
+}
+
+impl CompiledFilter {
+    fn keeps(&self, name: &str) -> bool {
+        self.allow.as_ref().is_none_or(|a| a.is_match(name)) && !self.deny.is_match(name)
+    }
+}
+
+/// Resource limits of a service's process (`limits = { … }`), applied
+/// with `setrlimit` in the child before it runs its binary. Each absent
+/// limit is left as the host's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Data memory (`RLIMIT_DATA`: heap and private writable mappings,
+    /// not address space), as `"512MiB"` or a number of bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    /// CPU time (`RLIMIT_CPU`), as `"60s"`: past it the process gets
+    /// SIGXCPU, and SIGKILL 5 seconds of CPU later.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_time: Option<Duration>,
+    /// Open descriptors (`RLIMIT_NOFILE`, soft and hard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+    /// Processes of the user (`RLIMIT_NPROC`): counted per user id, not
+    /// per service, and ignored for root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// The size of any file it writes (`RLIMIT_FSIZE`), as `"1GiB"` or a
+    /// number of bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<ByteSize>,
+}
+
+impl Limits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
+
+    /// Sets the data memory limit.
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.memory = Some(ByteSize(bytes));
+        self
+    }
+
+    /// Sets the CPU time limit.
+    pub fn cpu_time(mut self, time: Duration) -> Self {
+        self.cpu_time = Some(time);
+        self
+    }
+
+    /// Sets the descriptor limit.
+    pub fn open_files(mut self, n: u64) -> Self {
+        self.open_files = Some(n);
+        self
+    }
+
+    /// Sets the process limit.
+    pub fn processes(mut self, n: u64) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// Sets the file size limit.
+    pub fn file_size(mut self, bytes: u64) -> Self {
+        self.file_size = Some(ByteSize(bytes));
+        self
+    }
+}
+
+/// A number of bytes, written in configuration files as a number or as a
+/// number and a unit: `B`, `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024) or
+/// `kB`, `MB`, `GB`, `TB` (powers of 1000), as in `"512MiB"` or `"1.5 GB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"512MiB"`, `"1 GB"`, `"4096"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: f64 = number.parse().map_err(|_| {
+            format!("{text:?} is not a size: write a number and a unit, such as \"512MiB\"")
+        })?;
+        let unit: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => {
+                return Err(format!(
+                    "{other:?} is not a unit of size: use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"
+                ))
+            }
+        };
+        let bytes = number * unit as f64;
+        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+            return Err(format!("{text:?} is too large"));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, size) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
+            if n >= size && n.is_multiple_of(size) {
+                return write!(f, "{}{unit}", n / size);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size, such as \"512MiB\", or a number of bytes")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A Landlock sandbox (`[services.<name>.sandbox]`): what the process may
+/// read, write and connect to, enforced by the kernel (Linux 5.13+,
+/// TCP rules 6.7+).
+///
+/// Beyond `read` and `write`, the process may always read and run its
+/// binary's folder and the system's programs and libraries (`/usr`,
+/// `/lib`, `/lib64`, `/bin`, `/sbin`, `/etc/ld.so.cache`, `/etc/ssl`,
+/// `/etc/locale.alias`), read and write `/dev/null`, and make its socket
+/// in the services folder. Its log file is opened by the host and needs no
+/// rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Sandbox {
+    /// Absolute paths it may read and run beneath.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<PathBuf>,
+    /// Absolute paths it may read and write beneath.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write: Vec<PathBuf>,
+    /// Whether it may connect and bind TCP sockets (default true). False
+    /// needs Landlock ABI 4 (Linux 6.7); UDP is not restricted before ABI
+    /// 10.
+    #[serde(default = "super::yes")]
+    pub network: bool,
+    /// Whether starting must fail when the kernel cannot enforce the
+    /// sandbox (default false: a warning, once, and it runs unconfined).
+    #[serde(default)]
+    pub required: bool,
+    /// Tests only: behave as if the kernel had no Landlock.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub simulate_no_landlock: bool,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            read: Vec::new(),
+            write: Vec::new(),
+            network: true,
+            required: false,
+            simulate_no_landlock: false,
+        }
+    }
+}
+
+impl Sandbox {
+    /// Adds folders (or files) it may read beneath.
+    pub fn read(mut self, paths: impl IntoIterator<Item = impl Into<PathBuf>>) -> Self {
+        self.read.extend(paths.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds folders (or files) it may write beneath.
+    pub fn write(mut self, paths: impl IntoIterator<Item = impl Into<PathBuf>>) -> Self {
+        self.write.extend(paths.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets whether TCP is allowed.
+    pub fn network(mut self, network: bool) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Sets whether the start fails when the sandbox cannot be enforced.
+    pub fn required(mut self, required: bool) -> Self {
+        self.required = required;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(ByteSize::parse("512MiB"), Ok(ByteSize(512 << 20)));
+        assert_eq!(ByteSize::parse("1 GB"), Ok(ByteSize(1_000_000_000)));
+        assert_eq!(ByteSize::parse("1.5KiB"), Ok(ByteSize(1536)));
+        assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
+        assert!(ByteSize::parse("12 parsecs").is_err());
+        assert!(ByteSize::parse("MiB").is_err());
+        assert_eq!(ByteSize(512 << 20).to_string(), "512MiB");
+    }
+
+    #[test]
+    fn deny_wins_over_allow() {
+        let filter = ToolFilter::allow(["web_*"]).deny(["web_admin"]);
+        let tool = |n: &str| Tool::new(n, "", serde_json::json!({"type": "object"}));
+        let (kept, hidden) = filter.apply(vec![tool("web_get"), tool("web_admin"), tool("shell")]);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].name, "web_get");
+        assert_eq!(hidden, ["web_admin", "shell"]);
+    }
+}

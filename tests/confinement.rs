@@ -1,0 +1,490 @@
+//! Confinement, with real processes: the pinned binary, the tool filter,
+//! the clean environment, resource limits and the Landlock sandbox. Each
+//! test fails if its restriction is removed.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{call, manager, manager_with, mock, mock_bin, quick_restarts, temp_dir, wait_until};
+use exthost::config::{Limits, RestartPolicy, Sandbox, ServiceConfig, ToolFilter};
+use exthost::manager::{DownReason, RestartLimits, ServiceState};
+use exthost::process::{binary_sha256, SpawnError};
+use exthost::{CallError, StartError};
+
+/// The mock with its confinement tools.
+fn confined_mock() -> ServiceConfig {
+    mock("").with_env("MOCK_CONFINE", "1")
+}
+
+/// The spawn error a start failed with.
+fn spawn_error(e: &StartError) -> &SpawnError {
+    match e {
+        StartError::Spawn(e) => e,
+        other => panic!("not a spawn error: {other}"),
+    }
+}
+
+fn json_arg(name: &str, value: impl serde::Serialize) -> String {
+    serde_json::json!({ name: value }).to_string()
+}
+
+#[tokio::test]
+async fn a_binary_with_another_hash_is_refused_and_nothing_is_spawned() {
+    let dir = temp_dir();
+    let wrong = "0".repeat(64);
+    let m = manager(dir.path(), vec![("pinned", mock("").with_sha256(&wrong))]);
+    let report = m.start().await;
+    let (name, e) = &report.failed[0];
+    assert_eq!(name, "pinned");
+    match spawn_error(e) {
+        SpawnError::HashMismatch {
+            expected, actual, ..
+        } => {
+            assert_eq!(expected, &wrong);
+            assert_eq!(actual, &binary_sha256(&mock_bin()).unwrap());
+        }
+        other => panic!("not a hash mismatch: {other}"),
+    }
+    assert!(e.to_string().contains(&wrong), "{e}");
+    // Nothing ran: no pid, no log file, no socket.
+    assert_eq!(m.status("pinned").unwrap().pid, None);
+    assert!(!dir.path().join("logs/pinned.log").exists());
+    assert!(!dir.path().join("services/pinned.sock").exists());
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn the_right_hash_starts_and_is_listed_in_the_status() {
+    let dir = temp_dir();
+    let hash = binary_sha256(&mock_bin()).unwrap();
+    let m = manager(dir.path(), vec![("pinned", mock("").with_sha256(&hash))]);
+    assert!(m.start().await.failed.is_empty());
+    let status = m.status("pinned").unwrap();
+    assert!(
+        status.restrictions.contains(&format!("sha256 {hash}")),
+        "{:?}",
+        status.restrictions
+    );
+    // The real binary runs (through its descriptor), with its path as
+    // argv[0].
+    let pid = status.pid.unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, mock_bin());
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_binary_replaced_on_disk_between_restarts_is_refused_on_the_restart() {
+    let dir = temp_dir();
+    let bin = dir.path().join("ext");
+    std::fs::copy(mock_bin(), &bin).unwrap();
+    let hash = binary_sha256(&bin).unwrap();
+    let config = ServiceConfig::command(&bin)
+        .with_sha256(&hash)
+        .with_restart(RestartPolicy::OnFailure);
+    let m = manager(dir.path(), vec![("pinned", config)]);
+    assert!(m.start().await.failed.is_empty());
+    assert_eq!(call(&m, "echo", "first").await.unwrap(), "first");
+
+    // Swapped the way an attacker (or an update) would: a new file renamed
+    // over the old one, one byte longer.
+    let swapped = dir.path().join("ext.new");
+    std::fs::copy(mock_bin(), &swapped).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&swapped)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
+        .unwrap();
+    std::fs::rename(&swapped, &bin).unwrap();
+    let new_hash = binary_sha256(&bin).unwrap();
+
+    let _ = call(&m, "crash", "{}").await;
+    let status = wait_until(&m, "pinned", |s| {
+        s.error
+            .as_ref()
+            .is_some_and(|e| e.to_string().contains("pins"))
+    })
+    .await;
+    assert_ne!(status.state, ServiceState::Ready);
+    let text = status.error.unwrap().to_string();
+    assert!(text.contains(&hash) && text.contains(&new_hash), "{text}");
+    assert_eq!(status.pid, None);
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_pinned_script_is_refused() {
+    let dir = temp_dir();
+    let script = dir.path().join("ext.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let hash = binary_sha256(&script).unwrap();
+    let m = manager(
+        dir.path(),
+        vec![("script", ServiceConfig::command(&script).with_sha256(hash))],
+    );
+    let report = m.start().await;
+    assert!(
+        matches!(
+            spawn_error(&report.failed[0].1),
+            SpawnError::PinnedScript { .. }
+        ),
+        "{:?}",
+        report.failed
+    );
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn hidden_tools_are_unknown_and_never_sent() {
+    let dir = temp_dir();
+    let calls = dir.path().join("calls");
+    let config = mock("")
+        .with_env("MOCK_CALLS_FILE", calls.to_str().unwrap())
+        .with_tools(ToolFilter::allow(["*"]).deny(["crash", "fa?l"]));
+    let m = manager(dir.path(), vec![("filtered", config)]);
+    assert!(m.start().await.failed.is_empty());
+    let names: Vec<String> = m.tools().into_iter().map(|t| t.tool.name).collect();
+    assert!(names.contains(&"echo".to_owned()), "{names:?}");
+    assert!(!names.contains(&"crash".to_owned()), "{names:?}");
+    assert!(!names.contains(&"fail".to_owned()), "{names:?}");
+
+    for hidden in ["crash", "fail"] {
+        let e = call(&m, hidden, "{}").await.unwrap_err();
+        assert!(matches!(e, CallError::UnknownTool { .. }), "{e}");
+    }
+    assert_eq!(call(&m, "echo", "seen").await.unwrap(), "seen");
+    // Only the visible call reached the extension.
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "echo\n");
+    let status = m.status("filtered").unwrap();
+    assert_eq!(status.tools_hidden, 2);
+    assert!(
+        status
+            .restrictions
+            .contains(&"tools allow [*] deny [crash, fa?l]".to_owned()),
+        "{:?}",
+        status.restrictions
+    );
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_host_variable_is_absent_with_inherit_env_false_and_present_by_default() {
+    // Set once, before any service of this test starts; no other test
+    // reads these.
+    std::env::set_var("EXTHOST_TEST_FAKE_API_KEY", "sk-fake-123");
+    std::env::set_var("EXTHOST_TEST_PASSED", "passed-through");
+    let dir = temp_dir();
+    let clean = confined_mock()
+        .with_prefix("c_")
+        .with_clean_env(["EXTHOST_TEST_PASSED"]);
+    let inherited = confined_mock().with_prefix("i_");
+    let m = manager(dir.path(), vec![("clean", clean), ("inherited", inherited)]);
+    assert!(m.start().await.failed.is_empty());
+    let getenv = |tool: &'static str, var: &'static str| {
+        let m = m.clone();
+        async move { call(&m, tool, &json_arg("name", var)).await.unwrap() }
+    };
+    assert_eq!(
+        getenv("i_getenv", "EXTHOST_TEST_FAKE_API_KEY").await,
+        "sk-fake-123"
+    );
+    assert_eq!(
+        getenv("c_getenv", "EXTHOST_TEST_FAKE_API_KEY").await,
+        "unset"
+    );
+    assert_eq!(
+        getenv("c_getenv", "EXTHOST_TEST_PASSED").await,
+        "passed-through"
+    );
+    // The minimal set and the config's own `env` are there.
+    assert_eq!(
+        getenv("c_getenv", "PATH").await,
+        std::env::var("PATH").unwrap()
+    );
+    assert_eq!(getenv("c_getenv", "MOCK_SERVICE").await, "clean");
+    // Everything the child has is accounted for.
+    let pid = m.status("clean").unwrap().pid.unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    for entry in environ.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+        let entry = String::from_utf8_lossy(entry);
+        let key = entry.split('=').next().unwrap();
+        assert!(
+            exthost::process::MINIMAL_ENV.contains(&key)
+                || key == "EXTHOST_TEST_PASSED"
+                || key.starts_with("MOCK_"),
+            "unexpected variable {key}"
+        );
+    }
+    let status = m.status("clean").unwrap();
+    assert!(
+        status
+            .restrictions
+            .iter()
+            .any(|r| r.starts_with("env: minimal")),
+        "{:?}",
+        status.restrictions
+    );
+    m.shutdown_all().await;
+}
+
+/// The soft and hard values of a `/proc/<pid>/limits` line.
+fn limit(limits: &str, name: &str) -> (String, String) {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in {limits}"));
+    let mut fields = line[name.len()..].split_whitespace();
+    (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_childs_proc_limits_show_each_limit() {
+    let dir = temp_dir();
+    let limits = Limits::default()
+        .memory(512 << 20)
+        .cpu_time(Duration::from_secs(60))
+        .open_files(256)
+        .processes(64)
+        .file_size(1 << 30);
+    let m = manager(dir.path(), vec![("limited", mock("").with_limits(limits))]);
+    assert!(m.start().await.failed.is_empty());
+    let status = m.status("limited").unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", status.pid.unwrap())).unwrap();
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        limit(&limits, "Max data size"),
+        pair("536870912", "536870912")
+    );
+    assert_eq!(limit(&limits, "Max cpu time"), pair("60", "65"));
+    assert_eq!(limit(&limits, "Max open files"), pair("256", "256"));
+    assert_eq!(limit(&limits, "Max processes"), pair("64", "64"));
+    assert_eq!(
+        limit(&limits, "Max file size"),
+        pair("1073741824", "1073741824")
+    );
+    assert_eq!(limit(&limits, "Max core file size"), pair("0", "0"));
+    for described in [
+        "limit memory 512MiB",
+        "limit cpu_time 60s",
+        "limit open_files 256",
+        "limit processes 64",
+        "limit file_size 1GiB",
+    ] {
+        assert!(
+            status.restrictions.contains(&described.to_owned()),
+            "{described} not in {:?}",
+            status.restrictions
+        );
+    }
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_tool_allocating_past_memory_dies_by_its_signal_and_the_service_restarts() {
+    let dir = temp_dir();
+    let config = confined_mock()
+        .with_limits(Limits::default().memory(128 << 20))
+        .with_restart(RestartPolicy::OnFailure);
+    // A backoff long enough to see the crash in the status before the
+    // restart replaces it.
+    let limits = RestartLimits {
+        backoff_base: Duration::from_secs(2),
+        ..quick_restarts()
+    };
+    let m = manager_with(dir.path(), vec![("hungry", config)], limits);
+    assert!(m.start().await.failed.is_empty());
+    let first = m.status("hungry").unwrap().pid.unwrap();
+    assert_eq!(
+        call(&m, "alloc", &json_arg("mib", 16)).await.unwrap(),
+        "allocated 16 MiB"
+    );
+    assert!(call(&m, "alloc", &json_arg("mib", 512)).await.is_err());
+    let crashed = wait_until(&m, "hungry", |s| {
+        matches!(s.error, Some(DownReason::Exited(_)))
+    })
+    .await;
+    let Some(DownReason::Exited(status)) = crashed.error else {
+        unreachable!()
+    };
+    assert_eq!(status.signal(), Some(libc_sigabrt()), "{status}");
+    let restarted = wait_until(&m, "hungry", |s| {
+        s.state == ServiceState::Ready && s.restarts == 1
+    })
+    .await;
+    assert_ne!(restarted.pid, Some(first));
+    m.shutdown_all().await;
+}
+
+/// SIGABRT: what Rust's allocation failure ends in.
+fn libc_sigabrt() -> i32 {
+    nix::sys::signal::Signal::SIGABRT as i32
+}
+
+/// A folder `inside` holding `ok.txt` and one `outside` holding
+/// `secret.txt`, under `dir`.
+fn files(dir: &Path) -> (PathBuf, PathBuf) {
+    let inside = dir.join("inside");
+    let outside = dir.join("outside");
+    std::fs::create_dir(&inside).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(inside.join("ok.txt"), "readable").unwrap();
+    std::fs::write(outside.join("secret.txt"), "secret").unwrap();
+    (inside, outside)
+}
+
+#[tokio::test]
+async fn a_sandboxed_read_outside_read_is_denied_and_inside_works() {
+    let dir = temp_dir();
+    let (inside, outside) = files(dir.path());
+    let config = confined_mock().with_sandbox(Sandbox::default().read([&inside]).required(true));
+    let m = manager(dir.path(), vec![("boxed", config)]);
+    assert!(m.start().await.failed.is_empty(), "sandboxed start failed");
+    let read = |path: PathBuf| {
+        let m = m.clone();
+        async move { call(&m, "read_file", &json_arg("path", path)).await }
+    };
+    assert_eq!(read(inside.join("ok.txt")).await.unwrap(), "readable");
+    let denied = read(outside.join("secret.txt")).await.unwrap_err();
+    assert!(denied.to_string().contains("Permission denied"), "{denied}");
+    // The host itself reads it fine: the sandbox is the child's.
+    assert_eq!(
+        std::fs::read_to_string(outside.join("secret.txt")).unwrap(),
+        "secret"
+    );
+    let status = m.status("boxed").unwrap();
+    assert!(
+        status
+            .restrictions
+            .iter()
+            .any(|r| r.starts_with("sandbox (Landlock ABI")),
+        "{:?}",
+        status.restrictions
+    );
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_sandboxed_tcp_connect_is_refused_with_network_false() {
+    let dir = temp_dir();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let open = confined_mock()
+        .with_prefix("open_")
+        .with_sandbox(Sandbox::default().required(true));
+    let closed = confined_mock()
+        .with_prefix("closed_")
+        .with_sandbox(Sandbox::default().network(false).required(true));
+    let m = manager(dir.path(), vec![("open", open), ("closed", closed)]);
+    assert!(m.start().await.failed.is_empty());
+    let connect = |tool: &'static str| {
+        let m = m.clone();
+        async move { call(&m, tool, &json_arg("port", port)).await }
+    };
+    assert_eq!(connect("open_connect").await.unwrap(), "connected");
+    let refused = connect("closed_connect").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("Permission denied"),
+        "{refused}"
+    );
+    let status = m.status("closed").unwrap();
+    assert!(
+        status
+            .restrictions
+            .iter()
+            .any(|r| r.ends_with("network denied")),
+        "{:?}",
+        status.restrictions
+    );
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_required_sandbox_without_landlock_fails_to_start_and_an_optional_one_runs() {
+    let dir = temp_dir();
+    let no_landlock = |required| {
+        let mut sandbox = Sandbox::default().required(required);
+        sandbox.simulate_no_landlock = true;
+        sandbox
+    };
+    let m = manager(
+        dir.path(),
+        vec![
+            ("required", mock("r_").with_sandbox(no_landlock(true))),
+            ("optional", mock("o_").with_sandbox(no_landlock(false))),
+        ],
+    );
+    let report = m.start().await;
+    assert_eq!(report.ready, ["optional"]);
+    let (name, e) = &report.failed[0];
+    assert_eq!(name, "required");
+    match spawn_error(e) {
+        SpawnError::Sandbox { problem, .. } => {
+            assert!(problem.contains("does not support Landlock"), "{problem}")
+        }
+        other => panic!("not a sandbox error: {other}"),
+    }
+    assert_eq!(m.status("required").unwrap().pid, None);
+    let optional = m.status("optional").unwrap();
+    assert!(
+        optional
+            .restrictions
+            .iter()
+            .any(|r| r.starts_with("sandbox not enforced")),
+        "{:?}",
+        optional.restrictions
+    );
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_stdio_mcp_server_gets_a_clean_environment_and_only_allowed_tools() {
+    std::env::set_var("EXTHOST_TEST_MCP_API_KEY", "sk-mcp-456");
+    let dir = temp_dir();
+    let server = |prefix: &str| {
+        ServiceConfig::mcp_command(common::example_bin("mcp_server"), Vec::<String>::new())
+            .with_prefix(prefix)
+            .with_env("MCP_GETENV", "1")
+    };
+    let clean = server("c_")
+        .with_clean_env(Vec::<String>::new())
+        .with_tools(ToolFilter::allow(["getenv", "pid", "crash"]).deny(["crash"]));
+    let m = manager(
+        dir.path(),
+        vec![("clean", clean), ("inherited", server("i_"))],
+    );
+    let report = m.start().await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let getenv = |tool: &'static str| {
+        let m = m.clone();
+        async move {
+            call(&m, tool, &json_arg("name", "EXTHOST_TEST_MCP_API_KEY"))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(getenv("i_getenv").await, "sk-mcp-456");
+    assert_eq!(getenv("c_getenv").await, "unset");
+
+    let mut names: Vec<String> = m
+        .tools()
+        .into_iter()
+        .filter(|t| t.service == "clean")
+        .map(|t| t.tool.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["c_getenv", "c_pid"]);
+    let pid = call(&m, "c_pid", "{}").await.unwrap();
+    let e = call(&m, "c_crash", "{}").await.unwrap_err();
+    assert!(matches!(e, CallError::UnknownTool { .. }), "{e}");
+    // Not sent: the server did not crash.
+    assert_eq!(call(&m, "c_pid", "{}").await.unwrap(), pid);
+    assert!(m.status("clean").unwrap().tools_hidden >= 5);
+    m.shutdown_all().await;
+}
