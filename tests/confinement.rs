@@ -3,6 +3,8 @@
 //! test fails if its restriction is removed.
 
 mod common;
+#[path = "common/run.rs"]
+mod run;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -487,4 +489,137 @@ async fn a_stdio_mcp_server_gets_a_clean_environment_and_only_allowed_tools() {
     assert_eq!(call(&m, "c_pid", "{}").await.unwrap(), pid);
     assert!(m.status("clean").unwrap().tools_hidden >= 5);
     m.shutdown_all().await;
+}
+
+/// The error of a one-service TOML configuration whose body is `body`.
+fn config_error(body: &str) -> String {
+    let text = format!("[services.search]\ncommand = \"/bin/true\"\n{body}\n");
+    match exthost::config::HostConfig::from_toml_str(&text) {
+        Ok(_) => panic!("accepted: {body}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_confinement_settings_are_refused_naming_the_service_and_field() {
+    for (body, expected) in [
+        (
+            "sha256 = \"abc\"",
+            "service `search`: field `sha256` must be 64 hexadecimal digits",
+        ),
+        (
+            "tools = { allow = [\"web_[\"] }",
+            "service `search`: field `tools.allow` has a bad pattern \"web_[\"",
+        ),
+        (
+            "tools = { deny = [\"{a\"] }",
+            "service `search`: field `tools.deny` has a bad pattern",
+        ),
+        (
+            "env_pass = [\"HTTPS_PROXY\"]",
+            "service `search`: field `env_pass` applies only with `inherit_env = false`",
+        ),
+        (
+            "limits = { memory = \"12 parsecs\" }",
+            "services.search.limits.memory",
+        ),
+        (
+            "limits = { cpu_time = \"soon\" }",
+            "services.search.limits.cpu_time",
+        ),
+        (
+            "limits = { open_files = 0 }",
+            "service `search`: field `limits.open_files` must be at least 1",
+        ),
+        (
+            "[services.search.sandbox]\nread = [\"relative/dir\"]",
+            "service `search`: field `sandbox.read` must hold absolute paths",
+        ),
+        (
+            "sandbox = { write = [\"tmp\"] }",
+            "service `search`: field `sandbox.write` must hold absolute paths",
+        ),
+        ("sandbox = { netwrok = false }", "unknown field `netwrok`"),
+    ] {
+        let e = config_error(body);
+        assert!(e.contains(expected), "{body}: {e}");
+    }
+    // Process settings on a remote MCP server.
+    let remote = exthost::config::HostConfig::from_toml_str(
+        "[services.remote]\nkind = \"mcp\"\nurl = \"http://127.0.0.1:1/mcp\"\n[services.remote.sandbox]\nnetwork = false\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        remote.contains("service `remote`: field `sandbox` applies to a process exthost spawns"),
+        "{remote}"
+    );
+    // The interface of the issue, whole.
+    let cfg = exthost::config::HostConfig::from_toml_str(
+        r#"
+        [services.search]
+        command = "/bin/true"
+        sha256 = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"
+        tools = { allow = ["web_*"], deny = ["web_admin"] }
+        inherit_env = false
+        env_pass = ["HTTPS_PROXY"]
+        limits = { memory = "512MiB", cpu_time = "60s", open_files = 256, processes = 64, file_size = "1GiB" }
+
+        [services.search.sandbox]
+        read = ["/usr", "/lib", "/etc/ssl"]
+        write = ["/var/cache/search"]
+        network = false
+        required = true
+        "#,
+    )
+    .unwrap();
+    let search = &cfg.services["search"];
+    assert_eq!(search.limits.memory.unwrap().0, 512 << 20);
+    assert_eq!(search.limits.cpu_time, Some(Duration::from_secs(60)));
+    assert!(!search.inherit_env);
+    let sandbox = search.sandbox.as_ref().unwrap();
+    assert!(!sandbox.network && sandbox.required);
+}
+
+#[tokio::test]
+async fn exthost_tools_prints_each_binarys_hash_and_how_many_tools_are_hidden() {
+    let dir = temp_dir();
+    let text = format!(
+        "services_dir = \"{0}/services\"\nlogs_dir = \"{0}/logs\"\n\
+         [services.filtered]\ncommand = \"{1}\"\ntools = {{ deny = [\"crash\", \"fail\"] }}\n",
+        dir.path().display(),
+        mock_bin().display()
+    );
+    let cfg = dir.path().join("exthost.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = tokio::time::timeout(
+        common::WAIT,
+        run::exthost()
+            .arg("tools")
+            .arg("--config")
+            .arg(&cfg)
+            .output(),
+    )
+    .await
+    .expect("exthost tools finished")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("echo") && !stdout.contains("crash"),
+        "{stdout}"
+    );
+    let hash = binary_sha256(&mock_bin()).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "sha256: `filtered`: {hash}  {}",
+            mock_bin().display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hidden: `filtered`: 2 tools hidden by its `tools` filter"),
+        "{stderr}"
+    );
 }
