@@ -7,6 +7,10 @@
 //! - `sequential`: one extension at a time: spawn, poll for its socket every
 //!   50 ms, connect, handshake, then the next.
 //!
+//! And `confinement`: one extension started by the connector, `unconfined`
+//! or `confined` with every restriction at once (`sha256`, `inherit_env =
+//! false`, all five `limits`, a Landlock sandbox with `network = false`).
+//!
 //! Each extension is this binary re-run as an `exthost::server` extension.
 //! Only the time until every extension is ready is measured; stopping them
 //! is not.
@@ -141,7 +145,63 @@ fn startup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, startup);
+/// Every restriction at once, on this binary.
+fn confined() -> ServiceConfig {
+    use exthost::config::{Limits, Sandbox};
+    let hash = process::binary_sha256(&std::env::current_exe().unwrap()).unwrap();
+    config()
+        .with_sha256(hash)
+        .with_clean_env(Vec::<String>::new())
+        .with_limits(
+            Limits::default()
+                .memory(1 << 30)
+                .cpu_time(Duration::from_secs(600))
+                .open_files(256)
+                .processes(4096)
+                .file_size(1 << 30),
+        )
+        .with_sandbox(Sandbox::default().network(false).required(true))
+}
+
+fn confinement(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("exthost-bench-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let paths = Paths::under(dir.path(), dir.path().join("daemon.sock"));
+    let connector = Connector::new(paths);
+    let grace = Duration::from_secs(2);
+
+    let mut group = c.benchmark_group("confinement");
+    group.sample_size(30);
+    for (label, cfg) in [("unconfined", config()), ("confined", confined())] {
+        group.bench_function(label, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (connector, cfg) = (connector.clone(), cfg.clone());
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        let started = connector
+                            .start(Target::new(label, cfg.clone()))
+                            .await
+                            .unwrap();
+                        total += t.elapsed();
+                        started.stop(grace).await;
+                    }
+                    total
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, startup, confinement);
 
 fn main() {
     common::bench_main(benches);

@@ -4,7 +4,10 @@
 //! (`description`, `kind`, `crate` (alias `krate`), `restart`, `enabled`,
 //! `env`, `config`) and adds `command`, `args`, `call_timeout`,
 //! `handshake_timeout`, `shutdown_grace`, `stuck_margin` (durations as
-//! `"500ms"`, `"10s"`), `max_in_flight` and `max_queued`. [`HostConfig`] is a whole file: optional
+//! `"500ms"`, `"10s"`), `max_in_flight` and `max_queued`, and the
+//! confinement settings: `sha256`, `tools` ([`ToolFilter`]), `inherit_env`,
+//! `env_pass`, `limits` ([`Limits`]) and `sandbox` ([`Sandbox`]; see the
+//! README's "Confinement"). [`HostConfig`] is a whole file: optional
 //! `services_dir`, `logs_dir` and `daemon_socket`, and the services, loaded
 //! from TOML or JSON (a byte-order mark accepted in both). Every error
 //! names the service and the field, and, loaded from a file, the file and

@@ -118,6 +118,32 @@ async fn a_binary_replaced_on_disk_between_restarts_is_refused_on_the_restart() 
 }
 
 #[tokio::test]
+async fn a_binary_written_in_place_while_stopped_is_refused_at_the_next_start() {
+    let dir = temp_dir();
+    let bin = dir.path().join("ext");
+    std::fs::copy(mock_bin(), &bin).unwrap();
+    let hash = binary_sha256(&bin).unwrap();
+    let m = manager(
+        dir.path(),
+        vec![("pinned", ServiceConfig::command(&bin).with_sha256(&hash))],
+    );
+    assert!(m.start().await.failed.is_empty());
+    m.stop_service("pinned").await.unwrap();
+    // The same inode, one byte more: the remembered hash must not be used.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&bin)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
+        .unwrap();
+    let status = m.start_service("pinned").await.unwrap();
+    assert_eq!(status.state, ServiceState::Failed);
+    assert_eq!(status.pid, None);
+    let reason = status.error.unwrap().to_string();
+    assert!(reason.contains(&format!("pins {hash}")), "{reason}");
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
 async fn a_pinned_script_is_refused() {
     let dir = temp_dir();
     let script = dir.path().join("ext.sh");
@@ -622,4 +648,34 @@ async fn exthost_tools_prints_each_binarys_hash_and_how_many_tools_are_hidden() 
         stderr.contains("hidden: `filtered`: 2 tools hidden by its `tools` filter"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn exthost_run_lists_the_restrictions_in_the_status_and_the_spawn_log_line() {
+    let dir = temp_dir();
+    let text = format!(
+        "services_dir = \"{0}/services\"\nlogs_dir = \"{0}/logs\"\n\
+         [services.limited]\ncommand = \"{1}\"\ninherit_env = false\n\
+         limits = {{ open_files = 64 }}\n",
+        dir.path().display(),
+        mock_bin().display()
+    );
+    let cfg = dir.path().join("exthost.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut run = run::Run::start_logged(&cfg);
+    let line = run.logged(&["spawned extension", "limited"]).await;
+    assert!(
+        line.contains("restrictions") && line.contains("env: minimal; limit open_files 64"),
+        "{line}"
+    );
+    // A call is held until its service is ready.
+    let pid = run.ask(r#"{"id": 1, "tool": "pid", "args": "{}"}"#).await;
+    assert!(pid["ok"].is_string(), "{pid}");
+    let status = run.ask(r#"{"id": 2, "op": "status"}"#).await;
+    assert_eq!(
+        status["ok"]["limited"]["restrictions"],
+        serde_json::json!(["env: minimal", "limit open_files 64"]),
+        "{status}"
+    );
+    run.finish().await;
 }

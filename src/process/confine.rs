@@ -3,7 +3,7 @@
 //! runs in the host before the spawn; the child only applies what was
 //! prepared (see `sys`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -48,6 +48,36 @@ fn hash_file(file: &mut File) -> io::Result<String> {
         .collect())
 }
 
+/// What tells one version of a file from another, short of its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(file: &File) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        Ok(FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// The hashes of pinned binaries, by path, with the identity of the file
+/// that was hashed.
+type Hashed = HashMap<PathBuf, (FileIdentity, String)>;
+
+static HASHED: Mutex<Option<Hashed>> = Mutex::new(None);
+
 /// The binary of a pinned service, opened and checked: the process runs
 /// `/proc/self/fd/N` of this very file, so it cannot be swapped between
 /// the check and the exec. Kept open until the spawn.
@@ -61,6 +91,13 @@ pub(super) struct Pinned {
 impl Pinned {
     /// Opens `binary` (close-on-exec), refuses a `#!` script, and checks
     /// its hash against `expected`.
+    ///
+    /// The hash of the opened file is remembered with its identity
+    /// (device, inode, size, modification and change times, from `fstat`
+    /// of the very descriptor that is executed): a restart of an unchanged
+    /// file does not read it again, and any rename over it (new inode) or
+    /// write to it (new change time, which no one can set back) hashes it
+    /// afresh.
     pub(super) fn open(name: &str, binary: &Path, expected: &str) -> Result<Self, SpawnError> {
         let io_err = |source| SpawnError::Io {
             service: name.to_owned(),
@@ -76,9 +113,28 @@ impl Pinned {
                 binary: binary.to_owned(),
             });
         }
-        use std::io::Seek;
-        file.rewind().map_err(io_err)?;
-        let actual = hash_file(&mut file).map_err(io_err)?;
+        let identity = FileIdentity::of(&file).map_err(io_err)?;
+        let known = HASHED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|known| known.get(binary))
+            .filter(|(id, _)| *id == identity)
+            .map(|(_, hash)| hash.clone());
+        let actual = match known {
+            Some(hash) => hash,
+            None => {
+                use std::io::Seek;
+                file.rewind().map_err(io_err)?;
+                let hash = hash_file(&mut file).map_err(io_err)?;
+                HASHED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(HashMap::new)
+                    .insert(binary.to_owned(), (identity, hash.clone()));
+                hash
+            }
+        };
         if !actual.eq_ignore_ascii_case(expected) {
             return Err(SpawnError::HashMismatch {
                 service: name.to_owned(),

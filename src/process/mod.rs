@@ -20,13 +20,21 @@
 //! - socket paths over the OS limit are refused up front, naming the path;
 //! - [`ProcessHandle::stop`] is graceful: `shutdown`, then SIGTERM, then
 //!   SIGKILL, each after the grace period, and the child is always reaped;
+//! - a service can be confined ([`ServiceConfig`](crate::config::ServiceConfig)'s
+//!   `sha256`, `inherit_env`, `env_pass`, `limits`, `sandbox`): its binary
+//!   is hashed and that same open file executed (through
+//!   `/proc/self/fd/N`), its environment cleared to [`MINIMAL_ENV`], its
+//!   resource limits set and its Landlock ruleset (built in the host)
+//!   applied in the child before `exec`; what is in force is
+//!   [`ProcessHandle::restrictions`];
 //! - the first spawn raises the host's soft descriptor limit to its hard
 //!   limit ([`raise_fd_limit`]), and each child gets back the soft limit
 //!   the host had before.
 //!
 //! What goes wrong before the process runs is a [`SpawnError`] naming the
 //! service: invalid configuration, no binary, a socket path too long, a
-//! folder that cannot be made private, an `exec` that failed, or, as
+//! folder that cannot be made private, a binary whose hash is not the
+//! pinned one, a required sandbox the kernel cannot enforce, an `exec` that failed, or, as
 //! [`SpawnError::Resources`] at once, no descriptors or memory left.
 //!
 //! The [`connector`](crate::connector) builds on this to wait for the socket,
