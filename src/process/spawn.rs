@@ -23,7 +23,11 @@ use crate::socket::remove_stale_socket;
 /// [`ProcessHandle`]).
 ///
 /// The child inherits the host's environment, `RUST_LOG` included, with the
-/// config's `env` set on top: a `RUST_LOG` there wins over the host's.
+/// config's `env` set on top: a `RUST_LOG` there wins over the host's. With
+/// `inherit_env = false` it gets only [`MINIMAL_ENV`](super::MINIMAL_ENV)
+/// and `env_pass` from the host's, and `env`. The config's confinement
+/// (`sha256`, `limits`, `sandbox`) is prepared here and applied in the
+/// child before `exec`.
 pub fn spawn(
     name: &str,
     config: &ServiceConfig,
