@@ -679,3 +679,24 @@ async fn exthost_run_lists_the_restrictions_in_the_status_and_the_spawn_log_line
     );
     run.finish().await;
 }
+
+#[tokio::test]
+async fn exthost_check_prints_the_binarys_hash() {
+    let out = tokio::time::timeout(
+        common::WAIT,
+        run::exthost()
+            .arg("check")
+            .arg("--")
+            .arg(mock_bin())
+            .output(),
+    )
+    .await
+    .expect("exthost check finished")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hash = binary_sha256(&mock_bin()).unwrap();
+    assert!(
+        stderr.contains(&format!("sha256: {hash}  {}", mock_bin().display())),
+        "{stderr}"
+    );
+}
