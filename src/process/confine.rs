@@ -48,6 +48,18 @@ fn hash_file(file: &mut File) -> io::Result<String> {
         .collect())
 }
 
+/// Warns when someone other than root and the host's user may write the
+/// pinned file: an in-place write between the check and the exec is the
+/// one change pinning cannot see.
+fn warn_if_others_can_write(name: &str, binary: &Path, file: &File) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = file.metadata() else { return };
+    let owner_is_trusted = meta.uid() == 0 || meta.uid() == nix::unistd::geteuid().as_raw();
+    if !owner_is_trusted || meta.mode() & 0o022 != 0 {
+        tracing::warn!(service = %name, binary = %binary.display(), uid = meta.uid(), mode = format_args!("{:o}", meta.mode() & 0o7777), "the pinned binary is writable by other users: a write in place between the hash check and the exec would not be seen");
+    }
+}
+
 /// What tells one version of a file from another, short of its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileIdentity {
@@ -114,6 +126,7 @@ impl Pinned {
             });
         }
         let identity = FileIdentity::of(&file).map_err(io_err)?;
+        warn_if_others_can_write(name, binary, &file);
         let known = HASHED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
