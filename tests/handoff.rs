@@ -170,7 +170,7 @@ async fn an_answer_owed_to_a_dropped_caller_is_read_in_the_background_and_frees_
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn the_next_caller_reads_when_the_reader_gets_its_answer() {
+async fn callers_behind_the_reader_get_their_answers_after_it_leaves() {
     let (io, mut ext) = fake_pair();
     let conn = Connection::builder().max_in_flight(3).build(io);
     let mut a = ready_call(&conn, "a").await;
@@ -197,13 +197,21 @@ async fn a_failure_while_a_caller_reads_fails_every_pending_call_with_the_same_c
     let (io, mut ext) = fake_pair();
     let conn = Connection::builder().max_in_flight(3).build(io);
     let mut a = ready_call(&conn, "a").await;
-    let mut b = ready_call(&conn, "b").await;
-    let mut c = ready_call(&conn, "c").await;
     assert!(poll!(&mut a).is_pending());
-    assert!(poll!(&mut b).is_pending());
-    assert!(poll!(&mut c).is_pending());
-    for _ in 0..3 {
-        recv(&mut ext).await;
+    // `b` and `c` wait in their own tasks: only a wake-up reaches them.
+    let mut waiting = Vec::new();
+    for name in ["b", "c"] {
+        let mut call = ready_call(&conn, name).await;
+        let (polled, polled_rx) = tokio::sync::oneshot::channel();
+        waiting.push(tokio::spawn(async move {
+            assert!(poll!(&mut call).is_pending());
+            polled.send(()).unwrap();
+            call.await
+        }));
+        polled_rx.await.unwrap();
+    }
+    for name in ["a", "b", "c"] {
+        assert_eq!(recv(&mut ext).await.tool_name(), Some(name));
     }
     // A `configured` answer to a tool call: `a`, reading, finds it.
     ext.send(ExtResponse::configured()).await.unwrap();
@@ -216,11 +224,10 @@ async fn a_failure_while_a_caller_reads_fails_every_pending_call_with_the_same_c
             }
         )
     };
-    for call in [a, b, c] {
-        let e = tokio::time::timeout(Duration::from_secs(5), call)
-            .await
-            .expect("a pending call was never failed")
-            .unwrap_err();
+    let e = a.await.unwrap_err();
+    assert!(expected(&e), "{e:?}");
+    for task in waiting {
+        let e = common::join(task).await.unwrap_err();
         assert!(expected(&e), "{e:?}");
     }
     assert_eq!(conn.in_flight(), 0, "a reset frees every slot");
