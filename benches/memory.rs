@@ -1,5 +1,6 @@
-//! Host memory: resident memory per ready idle extension, and steady
-//! memory over a long run of calls. Prints figures; asserts nothing.
+//! Host memory: resident memory per ready idle extension, steady memory
+//! over a long run of calls, and the peak for one message near the 16 MiB
+//! frame limit. Prints figures; asserts nothing.
 //!
 //! `cargo bench --bench memory`
 
@@ -97,6 +98,36 @@ fn main() {
             samples[ROUNDS - 1] as i64 - samples[0] as i64,
             (ROUNDS - 1) * PER_ROUND
         );
+
+        // One message near the frame limit, there and back: the host's peak
+        // resident memory above what it held before, against the message.
+        let len = exthost::codec::MAX_FRAME_LEN - 1024;
+        let mut big = String::with_capacity(len);
+        big.push_str(r#"{"data":""#);
+        big.extend(std::iter::repeat_n('x', len - big.len() - 2));
+        big.push_str(r#""}"#);
+        let before = rss_kib();
+        // Writing 5 resets the peak (VmHWM) to the current size.
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let out = router
+            .clone()
+            .oneshot(ToolCall::new("e0_echo", big))
+            .await
+            .unwrap();
+        let peak = peak_rss_kib();
+        drop(out);
+        let grown = peak.saturating_sub(before);
+        println!(
+            "memory/one_message: {len} bytes of arguments echoed: host peak {peak} KiB, {grown} KiB above the {before} KiB before ({:.2}x the message)",
+            (grown * 1024) as f64 / len as f64
+        );
         manager.shutdown_all().await;
     });
+}
+
+/// This process's peak resident set size since the last reset, in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }

@@ -12,8 +12,9 @@
 //!
 //! - [`proto`]: the wire messages, generated from `proto/ext.proto`.
 //! - [`codec`]: 4-byte big-endian length + protobuf framing, 16 MiB maximum.
-//! - [`client`]: one extension connection as a `Service<ExtRequest>`, on
-//!   tokio-tower's pipeline client; answers can never be mixed up.
+//! - [`client`]: one extension connection as a `Service<ExtRequest>`; each
+//!   caller writes its own request and reads its own answer (no task hop);
+//!   answers can never be mixed up.
 //! - `mcp` (feature `mcp`, on by default): one MCP server session (stdio
 //!   or Streamable HTTP, through the official SDK `rmcp`) as a
 //!   `Service<ExtRequest>` like a native connection, so MCP servers and

@@ -10,13 +10,27 @@ use exthost::server::{Call, Extension};
 use exthost::Tool;
 
 /// An extension with one tool, `echo` (prefixed with
-/// `EXTHOST_BENCH_PREFIX`, if set).
+/// `EXTHOST_BENCH_PREFIX`, if set), and `EXTHOST_BENCH_TOOLS` - 1 more
+/// (`tool_1`, `tool_2`, ...) if that is set.
 pub fn echo_extension() -> Extension {
-    let name = format!(
-        "{}echo",
-        std::env::var("EXTHOST_BENCH_PREFIX").unwrap_or_default()
-    );
-    Extension::new("bench").tool(Tool::new(name, "Echo", serde_json::json!({})))
+    let prefix = std::env::var("EXTHOST_BENCH_PREFIX").unwrap_or_default();
+    let tools: usize = std::env::var("EXTHOST_BENCH_TOOLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let mut ext = Extension::new("bench").tool(Tool::new(
+        format!("{prefix}echo"),
+        "Echo",
+        serde_json::json!({}),
+    ));
+    for i in 1..tools {
+        ext = ext.tool(Tool::new(
+            format!("{prefix}tool_{i}"),
+            "Echo",
+            serde_json::json!({}),
+        ));
+    }
+    ext
 }
 
 /// Answers `echo` with its arguments (after `EXTHOST_BENCH_TOOL_MS`

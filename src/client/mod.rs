@@ -2,8 +2,8 @@
 //!
 //! A [`Connection`] sends [`ExtRequest`]s over any byte stream (a Unix
 //! socket in practice) and resolves each call with its own [`ExtResponse`].
-//! It runs on [`tokio_tower::pipeline::Client`], which matches answers to
-//! requests strictly by order, and adds what the protocol needs on top:
+//! Answers are matched to requests strictly by order, with what the
+//! protocol needs on top:
 //!
 //! - **A caller that gives up never shifts the answers.** A timed-out call's
 //!   request stays in the queue; its late answer is read and thrown away.
@@ -23,10 +23,42 @@
 //!   reconnecting layer can replace the connection.
 //!
 //! `Connection` is cheap to clone; clones share the socket and may be used
-//! from many tasks at once. No task sits between callers and the
-//! connection's single worker task. It implements tower's `Load` (answers
-//! owed), and since a broken connection fails `poll_ready`,
+//! from many tasks at once. It implements tower's `Load` (answers owed),
+//! and since a broken connection fails `poll_ready`,
 //! `tower::reconnect::Reconnect` replaces it transparently.
+//!
+//! # No task between a caller and the socket
+//!
+//! A call costs no hand-off to another task: the caller's own task writes
+//! the request and reads the answer, the way a blocking client would, while
+//! requests still pipeline.
+//!
+//! - **Writing.** On its first poll, a call numbers its request, frames it
+//!   into the connection's write buffer and writes it to the socket, under
+//!   a short lock (a `std::sync::Mutex`, never held across an await). If
+//!   the socket cannot take it all, the rest stays buffered, in order, and
+//!   the reader finishes it: frames are never cut or interleaved. A call
+//!   dropped before its first poll has written nothing and frees its slot.
+//! - **Reading.** Tokio keeps one read waker per socket, so exactly one
+//!   party polls it: the *reader*. A call that finds no one reading becomes
+//!   the reader; the others wait. The reader reads every frame that has
+//!   arrived, matches each to the oldest request owed an answer (the rules
+//!   above), stores it, frees its slot and wakes its caller. When it finds
+//!   its own answer it takes it and hands the role to the oldest caller
+//!   still waiting (waking it), or, with none, to the background task.
+//!   A reader dropped while waiting hands the role on the same way; an
+//!   answer stored for a caller that then went away is thrown away.
+//! - **The background task** is the reader of last resort: it reads while
+//!   no caller waits, so answers owed to callers that gave up are still
+//!   consumed (and their slots freed), the extension closing an idle
+//!   connection or sending an unsolicited answer is noticed at once, and
+//!   the stuck timer runs. Handing it the role registers its waker with the
+//!   socket without waking it: a sequential call never waits for it, and it
+//!   runs only when something arrives that no caller is waiting for. When
+//!   every handle is gone it writes what is left and closes the socket.
+//! - **Failure.** A failure found by whoever reads (or writes) fails every
+//!   request owed an answer with the same error, frees their slots and
+//!   closes the socket.
 //!
 //! # Example
 //!
@@ -63,14 +95,14 @@
 //! [`poll_ready`]: tower::Service::poll_ready
 
 mod error;
+mod future;
+mod shared;
 mod status;
-mod transport;
 
 pub use error::ConnectionError;
+pub use future::ResponseFuture;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -80,32 +112,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tower::Service;
 
-use crate::codec::TolerantClientCodec;
 use crate::proto::{ExtRequest, ExtResponse};
-use status::Status;
-use transport::{Tagged, Transport};
-
-type Pipeline = tokio_tower::pipeline::Client<Transport, WorkerError, Tagged>;
+use shared::Shared;
 
 /// The most a correlation id adds to a request: a 2-byte tag and a
 /// 10-byte varint.
 pub(crate) const CORRELATION_ID_MAX_LEN: usize = 12;
 
-/// The pipeline worker's own error. Its cause is already recorded by the
-/// transport before the worker sees it, so it carries nothing.
-struct WorkerError;
-
-impl From<tokio_tower::Error<Transport, Tagged>> for WorkerError {
-    fn from(_: tokio_tower::Error<Transport, Tagged>) -> Self {
-        WorkerError
-    }
-}
-
 /// A request service over one extension connection.
 ///
 /// See the [module documentation](self) for what it guarantees.
 pub struct Connection {
-    shared: Arc<Shared>,
+    handle: Arc<Handle>,
     /// Waits for an in-flight slot in `poll_ready`.
     slots: PollSemaphore,
     /// The slot `poll_ready` took, used up by `call`.
@@ -117,28 +135,33 @@ pub struct Connection {
 impl Clone for Connection {
     fn clone(&self) -> Self {
         Connection {
-            shared: self.shared.clone(),
+            handle: self.handle.clone(),
             slots: self.slots.clone(),
             permit: None,
         }
     }
 }
 
-struct Shared {
-    /// The pipeline client is not `Clone`; callers take turns handing their
-    /// request to its worker. The lock is held only for that hand-off.
-    client: tokio::sync::Mutex<Pipeline>,
+/// What every handle and call shares; when the last one goes, the
+/// background task flushes what is left and closes the socket.
+struct Handle {
+    shared: Arc<Shared>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     max_frame_len: usize,
-    status: Arc<Status>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
 }
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("max_in_flight", &self.shared.max_in_flight)
-            .field("failure", &self.shared.status.get())
+            .field("max_in_flight", &self.handle.max_in_flight)
+            .field("failure", &self.failure())
             .finish()
     }
 }
@@ -202,30 +225,28 @@ impl Builder {
     }
 
     /// Starts a connection over `io`. Must be called inside a tokio runtime:
-    /// it spawns the connection's worker task.
+    /// it spawns the connection's background task (see the
+    /// [module documentation](self)).
     pub fn build<T>(self, io: T) -> Connection
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let status = Arc::new(Status::default());
-        let transport = Transport::new(
+        let shared = Arc::new(Shared::new(
             Box::new(io),
-            TolerantClientCodec::with_max_frame_len(self.max_frame_len),
-            status.clone(),
+            self.max_frame_len,
             self.stuck_after,
             self.stuck_after_handshake,
-        );
-        let client = Pipeline::new(transport);
+        ));
+        tokio::spawn(shared.clone().background());
         let in_flight = Arc::new(Semaphore::new(self.max_in_flight));
         Connection {
             slots: PollSemaphore::new(in_flight.clone()),
             permit: None,
-            shared: Arc::new(Shared {
-                client: tokio::sync::Mutex::new(client),
+            handle: Arc::new(Handle {
+                shared,
                 in_flight,
                 max_in_flight: self.max_in_flight,
                 max_frame_len: self.max_frame_len,
-                status,
             }),
         }
     }
@@ -249,21 +270,21 @@ impl Connection {
 
     /// Why the connection failed, if it has.
     pub fn failure(&self) -> Option<&ConnectionError> {
-        self.shared.status.get()
+        self.handle.shared.status.get()
     }
 
     /// Completes when the connection fails (at once if it has), with the
     /// cause. A supervisor awaits this to notice a lost extension without
     /// making a call.
     pub async fn broken(&self) -> ConnectionError {
-        self.shared.status.wait().await
+        self.handle.shared.status.wait().await
     }
 
     /// Whether the extension has answered with a correlation id, so that
     /// every answer on this connection is checked against its request (see
     /// [`crate::proto`]).
     pub fn echoes_correlation_ids(&self) -> bool {
-        self.shared.status.echoes_ids()
+        self.handle.shared.status.echoes_ids()
     }
 
     /// Whether the connection has failed; every call on it now fails.
@@ -275,11 +296,7 @@ impl Connection {
     /// (including those whose callers have given up), and slots taken by
     /// `poll_ready` for a call not made yet.
     pub fn in_flight(&self) -> usize {
-        self.shared.max_in_flight - self.shared.in_flight.available_permits()
-    }
-
-    fn error(&self) -> ConnectionError {
-        self.failure().cloned().unwrap_or(ConnectionError::Closed)
+        self.handle.max_in_flight - self.handle.in_flight.available_permits()
     }
 
     /// Sends `shutdown`, which takes no in-flight slot: it goes out at once,
@@ -294,26 +311,14 @@ impl Connection {
     }
 
     fn send(&self, req: ExtRequest, permit: Option<OwnedSemaphorePermit>) -> ResponseFuture {
-        let this = self.clone();
         // A request that cannot be framed fails alone, before anything is
-        // written: encoding it in the worker would fail the connection.
+        // written.
         let len = prost::Message::encoded_len(&req) + CORRELATION_ID_MAX_LEN;
-        let max = self.shared.max_frame_len;
-        ResponseFuture {
-            inner: Box::pin(async move {
-                if len > max {
-                    return Err(ConnectionError::RequestTooLarge { len, max });
-                }
-                let response = {
-                    let mut client = this.shared.client.lock().await;
-                    std::future::poll_fn(|cx| client.poll_ready(cx))
-                        .await
-                        .map_err(|_| this.error())?;
-                    client.call(Tagged { req, permit })
-                };
-                response.await.map_err(|_| this.error())?
-            }),
+        let max = self.handle.max_frame_len;
+        if len > max {
+            return ResponseFuture::failed(ConnectionError::RequestTooLarge { len, max });
         }
+        ResponseFuture::new(self.handle.clone(), req, permit)
     }
 }
 
@@ -362,24 +367,5 @@ impl Service<ExtRequest> for Connection {
             drop(permit);
             self.send(req, None)
         }
-    }
-}
-
-/// The future of one [`Connection`] call.
-pub struct ResponseFuture {
-    inner: Pin<Box<dyn Future<Output = Result<ExtResponse, ConnectionError>> + Send>>,
-}
-
-impl fmt::Debug for ResponseFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl Future for ResponseFuture {
-    type Output = Result<ExtResponse, ConnectionError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
     }
 }
