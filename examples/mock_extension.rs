@@ -19,7 +19,9 @@
 //!   a call in the extension this way, and release it when they choose;
 //! - `limits` (only when `MOCK_LIMITS` is set): returns the process's soft
 //!   and hard descriptor limits, `SOFT HARD`;
-//! - with `MOCK_CONFINE` set, for tests of confinement: `read_file`
+//! - with `MOCK_CONFINE` set, for tests of confinement: `remove_file
+//!   {path}`, `run {path}` (runs a program, answers its exit status),
+//!   `read_file`
 //!   (`{"path": P}`, answers the file's text or the error), `connect`
 //!   (`{"port": N}`, a TCP connection to 127.0.0.1), `alloc` (`{"mib": N}`,
 //!   allocates and touches N MiB), `getenv` (`{"name": V}`, the variable's
@@ -161,7 +163,13 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 object.clone(),
             ),
             ("alloc", "Allocates and touches `mib` MiB", object.clone()),
-            ("getenv", "Returns the variable `name`", object),
+            ("getenv", "Returns the variable `name`", object.clone()),
+            ("remove_file", "Removes the file at `path`", object.clone()),
+            (
+                "run",
+                "Runs the program at `path` and returns its exit status",
+                object,
+            ),
         ]);
     }
     let calls_file = std::env::var_os("MOCK_CALLS_FILE").map(PathBuf::from);
@@ -224,6 +232,21 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                             "allocated {} MiB",
                             std::hint::black_box(block).len() >> 20
                         ))
+                    }
+                    "remove_file" => {
+                        let path = arg(&t.args, "path")?;
+                        std::fs::remove_file(path.as_str().unwrap_or_default())
+                            .map(|()| "removed".to_owned())
+                            .map_err(|e| format!("remove_file: {e}"))
+                    }
+                    "run" => {
+                        let path = arg(&t.args, "path")?;
+                        std::process::Command::new(path.as_str().unwrap_or_default())
+                            .stdin(std::process::Stdio::null())
+                            .stdout(std::process::Stdio::null())
+                            .status()
+                            .map(|s| s.to_string())
+                            .map_err(|e| format!("run: {e}"))
                     }
                     "getenv" => {
                         let name = arg(&t.args, "name")?;

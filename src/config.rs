@@ -216,7 +216,11 @@ pub struct ServiceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// Which of the service's own tool names are registered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "confine::optional_table",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tools: Option<ToolFilter>,
     /// Whether the process inherits the host's whole environment (the
     /// default). False: only `PATH`, `HOME`, `LANG`, `TZ` and `RUST_LOG`
@@ -227,10 +231,18 @@ pub struct ServiceConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_pass: Vec<String>,
     /// Resource limits of the process.
-    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "confine::table",
+        skip_serializing_if = "Limits::is_empty"
+    )]
     pub limits: Limits,
     /// A Landlock sandbox for the process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "confine::optional_table",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sandbox: Option<Sandbox>,
 }
 
@@ -614,15 +626,20 @@ impl ServiceConfig {
             ("limits.file_size", l.file_size.is_some_and(|m| m.0 == 0)),
             ("limits.open_files", l.open_files == Some(0)),
             ("limits.processes", l.processes == Some(0)),
-            (
-                "limits.cpu_time",
-                l.cpu_time.is_some_and(|t| t.as_secs() == 0),
-            ),
         ] {
             if zero {
+                return Err(field(f, "must be at least 1".to_owned()));
+            }
+        }
+        if let Some(t) = l.cpu_time {
+            // RLIMIT_CPU counts whole seconds: refused rather than rounded.
+            if t.as_secs() == 0 || t.subsec_nanos() != 0 {
                 return Err(field(
-                    f,
-                    "must be at least 1 (1 second for cpu_time)".to_owned(),
+                    "limits.cpu_time",
+                    format!(
+                        "must be a whole number of seconds, at least 1 (RLIMIT_CPU counts seconds), not {}",
+                        humantime_serde::re::humantime::format_duration(t)
+                    ),
                 ));
             }
         }

@@ -656,7 +656,7 @@ async fn exthost_run_lists_the_restrictions_in_the_status_and_the_spawn_log_line
     let text = format!(
         "services_dir = \"{0}/services\"\nlogs_dir = \"{0}/logs\"\n\
          [services.limited]\ncommand = \"{1}\"\ninherit_env = false\n\
-         limits = {{ open_files = 64 }}\n",
+         limits = {{ open_files = 64 }}\ntools = {{ deny = [\"crash\"] }}\n",
         dir.path().display(),
         mock_bin().display()
     );
@@ -665,7 +665,8 @@ async fn exthost_run_lists_the_restrictions_in_the_status_and_the_spawn_log_line
     let mut run = run::Run::start_logged(&cfg);
     let line = run.logged(&["spawned extension", "limited"]).await;
     assert!(
-        line.contains("restrictions") && line.contains("env: minimal; limit open_files 64"),
+        line.contains("restrictions")
+            && line.contains("env: minimal; limit open_files 64; tools deny [crash]"),
         "{line}"
     );
     // A call is held until its service is ready.
@@ -674,7 +675,7 @@ async fn exthost_run_lists_the_restrictions_in_the_status_and_the_spawn_log_line
     let status = run.ask(r#"{"id": 2, "op": "status"}"#).await;
     assert_eq!(
         status["ok"]["limited"]["restrictions"],
-        serde_json::json!(["env: minimal", "limit open_files 64"]),
+        serde_json::json!(["env: minimal", "limit open_files 64", "tools deny [crash]"]),
         "{status}"
     );
     run.finish().await;
@@ -699,4 +700,295 @@ async fn exthost_check_prints_the_binarys_hash() {
         stderr.contains(&format!("sha256: {hash}  {}", mock_bin().display())),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_sandbox_allows_the_binary_file_but_not_its_folder() {
+    let dir = temp_dir();
+    // A file next to the binary (cargo's dependency list of the example).
+    let sibling = mock_bin().with_extension("d");
+    assert!(sibling.is_file(), "{} is missing", sibling.display());
+    let config = confined_mock().with_sandbox(Sandbox::default().required(true));
+    let m = manager(dir.path(), vec![("boxed", config)]);
+    assert!(m.start().await.failed.is_empty(), "sandboxed start failed");
+    let denied = call(&m, "read_file", &json_arg("path", &sibling))
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("Permission denied"), "{denied}");
+    let status = m.status("boxed").unwrap();
+    assert!(
+        status
+            .restrictions
+            .iter()
+            .any(|r| r.contains("read [] (+ the binary, system libraries")),
+        "{:?}",
+        status.restrictions
+    );
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_symlinked_binary_starts_under_a_sandbox() {
+    let dir = temp_dir();
+    let link = dir.path().join("ext");
+    std::os::unix::fs::symlink(mock_bin(), &link).unwrap();
+    let config = ServiceConfig::command(&link)
+        .with_env("MOCK_CONFINE", "1")
+        .with_sandbox(Sandbox::default().required(true));
+    let m = manager(dir.path(), vec![("linked", config)]);
+    let report = m.start().await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(
+        call(&m, "echo", "through a link").await.unwrap(),
+        "through a link"
+    );
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn an_exec_denied_by_the_sandbox_says_the_sandbox_may_be_the_cause() {
+    let dir = temp_dir();
+    // A script whose interpreter lies outside every rule.
+    let interp = dir.path().join("interp");
+    std::fs::copy(std::fs::canonicalize("/bin/true").unwrap(), &interp).unwrap();
+    let script = dir.path().join("ext.sh");
+    std::fs::write(&script, format!("#!{}\n", interp.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = ServiceConfig::command(&script).with_sandbox(Sandbox::default().required(true));
+    let m = manager(dir.path(), vec![("script", config)]);
+    let report = m.start().await;
+    let (_, e) = &report.failed[0];
+    match spawn_error(e) {
+        SpawnError::Sandbox { problem, .. } => {
+            assert!(problem.contains("may be the cause"), "{problem}");
+            assert!(problem.contains("Permission denied"), "{problem}");
+        }
+        other => panic!("not a sandbox error: {other}"),
+    }
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_sandboxed_extension_can_read_the_name_resolution_files() {
+    let dir = temp_dir();
+    let m = manager(
+        dir.path(),
+        vec![(
+            "boxed",
+            confined_mock().with_sandbox(Sandbox::default().required(true)),
+        )],
+    );
+    assert!(m.start().await.failed.is_empty(), "sandboxed start failed");
+    for file in ["/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf"] {
+        if !Path::new(file).exists() {
+            continue;
+        }
+        let text = call(&m, "read_file", &json_arg("path", file)).await;
+        assert!(text.is_ok(), "{file}: {text:?}");
+    }
+    assert!(
+        Path::new("/etc/hosts").exists(),
+        "this test needs /etc/hosts"
+    );
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_sandboxed_extension_cannot_remove_other_files_in_the_services_folder() {
+    let dir = temp_dir();
+    let m = manager(
+        dir.path(),
+        vec![(
+            "boxed",
+            confined_mock().with_sandbox(Sandbox::default().required(true)),
+        )],
+    );
+    assert!(m.start().await.failed.is_empty(), "sandboxed start failed");
+    let victim = dir.path().join("services/other.sock");
+    std::fs::write(&victim, "").unwrap();
+    let e = call(&m, "remove_file", &json_arg("path", &victim))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("Permission denied"), "{e}");
+    assert!(victim.exists());
+    // Its own socket was made there all the same, and is removed by the
+    // host at the stop.
+    let own = dir.path().join("services/boxed.sock");
+    assert!(own.exists());
+    m.stop_service("boxed").await.unwrap();
+    assert!(!own.exists());
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_write_path_is_not_executable_unless_also_in_read() {
+    let dir = temp_dir();
+    let writable = dir.path().join("w");
+    std::fs::create_dir(&writable).unwrap();
+    let program = writable.join("true");
+    std::fs::copy(std::fs::canonicalize("/bin/true").unwrap(), &program).unwrap();
+    let write_only = confined_mock()
+        .with_prefix("w_")
+        .with_sandbox(Sandbox::default().write([&writable]).required(true));
+    let both = confined_mock().with_prefix("rw_").with_sandbox(
+        Sandbox::default()
+            .read([&writable])
+            .write([&writable])
+            .required(true),
+    );
+    let m = manager(dir.path(), vec![("w", write_only), ("rw", both)]);
+    assert!(m.start().await.failed.is_empty(), "sandboxed start failed");
+    let run = |tool: &'static str| {
+        let m = m.clone();
+        let program = program.clone();
+        async move { call(&m, tool, &json_arg("path", program)).await }
+    };
+    let denied = run("w_run").await.unwrap_err();
+    assert!(denied.to_string().contains("Permission denied"), "{denied}");
+    assert_eq!(run("rw_run").await.unwrap(), "exit status: 0");
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_hidden_tool_appearing_alone_updates_the_hidden_count() {
+    let dir = temp_dir();
+    let config =
+        ServiceConfig::mcp_command(common::example_bin("mcp_server"), Vec::<String>::new())
+            .with_tools(ToolFilter::default().deny(["extra"]));
+    let m = manager(dir.path(), vec![("server", config)]);
+    let report = m.start().await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(m.status("server").unwrap().tools_hidden, 0);
+    assert_eq!(
+        call(&m, "change_tools", "{}").await.unwrap(),
+        "tools changed"
+    );
+    wait_until(&m, "server", |s| s.tools_hidden == 1).await;
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn the_status_shows_the_limit_in_force_when_the_host_caps_it() {
+    let dir = temp_dir();
+    let (_, max) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let asked = 100_000_000u64;
+    assert!(max < asked, "the host's hard descriptor limit is {max}");
+    let m = manager(
+        dir.path(),
+        vec![(
+            "capped",
+            mock("").with_limits(Limits::default().open_files(asked)),
+        )],
+    );
+    assert!(m.start().await.failed.is_empty());
+    let status = m.status("capped").unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", status.pid.unwrap())).unwrap();
+    assert_eq!(limit(&limits, "Max open files").0, max.to_string());
+    assert!(
+        status.restrictions.contains(&format!(
+            "limit open_files {asked}, capped at {max} (the host's hard limit)"
+        )),
+        "{:?}",
+        status.restrictions
+    );
+    m.shutdown_all().await;
+}
+
+#[test]
+fn loose_confinement_settings_are_refused() {
+    for (body, expected) in [
+        ("limits = [\"1MiB\"]", "a table"),
+        ("tools = [[\"echo\"], [\"echo\"]]", "a table"),
+        ("sandbox = [[\"/x\"]]", "a table"),
+        ("limits = { memory = \"1.9\" }", "whole number of bytes"),
+        ("limits = { memory = \"1.5B\" }", "whole number of bytes"),
+        (
+            "limits = { cpu_time = \"1500ms\" }",
+            "field `limits.cpu_time` must be a whole number of seconds",
+        ),
+        (
+            "limits = { memory = 0 }",
+            "field `limits.memory` must be at least 1",
+        ),
+    ] {
+        let e = config_error(body);
+        assert!(e.contains(expected), "{body}: {e}");
+        assert!(
+            body.contains("cpu_time") || !e.contains("cpu_time"),
+            "{body}: {e}"
+        );
+    }
+    let sizes = |body: &str| {
+        let text = format!("[services.s]\ncommand = \"/bin/true\"\nlimits = {{ {body} }}\n");
+        exthost::config::HostConfig::from_toml_str(&text)
+            .unwrap()
+            .services["s"]
+            .limits
+            .clone()
+    };
+    // As systemd and docker read them: one letter is a power of 1024.
+    assert_eq!(sizes("memory = \"512M\"").memory.unwrap().0, 512 << 20);
+    assert_eq!(sizes("memory = \"1g\"").memory.unwrap().0, 1 << 30);
+    assert_eq!(sizes("memory = \"1gib\"").memory.unwrap().0, 1 << 30);
+    assert_eq!(sizes("memory = \"1.5KiB\"").memory.unwrap().0, 1536);
+    assert_eq!(sizes("memory = \"1 GB\"").memory.unwrap().0, 1_000_000_000);
+    assert_eq!(sizes("file_size = 4096").file_size.unwrap().0, 4096);
+}
+
+#[test]
+fn an_mcp_client_file_takes_the_confinement_keys() {
+    let hash = "a".repeat(64);
+    let text = format!(
+        r#"{{"mcpServers": {{"search": {{
+            "command": "/bin/true",
+            "sha256": "{hash}",
+            "tools": {{"allow": ["web_*"], "deny": ["web_admin"]}},
+            "inherit_env": false,
+            "env_pass": ["HTTPS_PROXY"],
+            "limits": {{"memory": "512MiB", "cpu_time": "60s"}},
+            "sandbox": {{"read": ["/srv"], "network": false, "required": true}}
+        }}}}}}"#
+    );
+    let cfg = exthost::config::HostConfig::from_json_str(&text).unwrap();
+    let search = &cfg.services["search"];
+    assert_eq!(search.sha256.as_deref(), Some(hash.as_str()));
+    assert_eq!(
+        search.tools,
+        Some(ToolFilter::allow(["web_*"]).deny(["web_admin"]))
+    );
+    assert!(!search.inherit_env);
+    assert_eq!(search.env_pass, ["HTTPS_PROXY"]);
+    assert_eq!(search.limits.memory.unwrap().0, 512 << 20);
+    let sandbox = search.sandbox.as_ref().unwrap();
+    assert!(!sandbox.network && sandbox.required);
+    assert_eq!(sandbox.read, [PathBuf::from("/srv")]);
+
+    // Validated as in TOML.
+    let refused = |entry: &str| {
+        let text =
+            format!(r#"{{"mcpServers": {{"search": {{"command": "/bin/true", {entry}}}}}}}"#);
+        exthost::config::HostConfig::from_json_str(&text)
+            .unwrap_err()
+            .to_string()
+    };
+    for (entry, expected) in [
+        (
+            r#""sha256": "abc""#,
+            "field `sha256` must be 64 hexadecimal digits",
+        ),
+        (
+            r#""tools": {"allow": ["web_["]}"#,
+            "field `tools.allow` has a bad pattern",
+        ),
+        (r#""limits": ["1MiB"]"#, "expected an object"),
+        (r#""limits": {"memroy": "1MiB"}"#, "unknown field `memroy`"),
+        (
+            r#""sandbox": {"read": ["rel"]}"#,
+            "field `sandbox.read` must hold absolute paths",
+        ),
+    ] {
+        let e = refused(entry);
+        assert!(e.contains(expected), "{entry}: {e}");
+    }
 }

@@ -30,8 +30,10 @@ pub(super) fn client_key(root: &Value) -> Option<&'static str> {
         .find(|k| obj.get(*k).is_some_and(Value::is_object))
 }
 
-/// Reads an MCP client's file. Keys exthost does not use are ignored with
-/// a warning (those files carry client-specific keys). Errors carry the
+/// Reads an MCP client's file. Besides the clients' keys, an entry may
+/// carry exthost's confinement keys (`sha256`, `tools`, `inherit_env`,
+/// `env_pass`, `limits`, `sandbox`), as in exthost's TOML. Other keys are
+/// ignored with a warning (those files carry client-specific keys). Errors carry the
 /// line and column `locate` finds for their field.
 pub(super) fn from_client_json(
     root: Value,
@@ -171,10 +173,70 @@ fn entry_to_service(
             .as_bool()
             .ok_or_else(|| wrong("disabled", "true or false"))?;
     }
+    // exthost's own confinement keys, as in its TOML (validated with the
+    // rest of the configuration).
+    service.sha256 = string(&mut entry, "sha256")?;
+    if let Some(inherit) = entry.remove("inherit_env") {
+        service.inherit_env = inherit
+            .as_bool()
+            .ok_or_else(|| wrong("inherit_env", "true or false"))?;
+    }
+    let typed = Typed { key, name, locate };
+    service.tools = typed.field(&mut entry, "tools", true)?;
+    service.env_pass = typed
+        .field(&mut entry, "env_pass", false)?
+        .unwrap_or_default();
+    service.limits = typed.field(&mut entry, "limits", true)?.unwrap_or_default();
+    service.sandbox = typed.field(&mut entry, "sandbox", true)?;
     for other in entry.keys() {
         tracing::warn!(service = %name, key = %other, "ignoring a key exthost does not use");
     }
     Ok(service)
+}
+
+/// Reads the typed keys of entry `name` under `key`.
+struct Typed<'a> {
+    key: &'a str,
+    name: &'a str,
+    locate: Locator<'a>,
+}
+
+impl Typed<'_> {
+    /// Takes `field` out of `entry` and deserializes it as exthost's TOML
+    /// would; `table`: it must be an object.
+    fn field<T: serde::de::DeserializeOwned>(
+        &self,
+        entry: &mut Map<String, Value>,
+        field: &str,
+        table: bool,
+    ) -> Result<Option<T>, ConfigError> {
+        let error = |field: String, message: String| {
+            let mut path = vec![Seg::Key(self.name)];
+            path.extend(field_path(&field));
+            let (line, column) = (self.locate)(&path).unzip();
+            ConfigError::Parse {
+                at: format!("{}.{}.{field}", self.key, self.name),
+                message,
+                file: None,
+                line,
+                column,
+            }
+        };
+        match entry.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) if table && !v.is_object() => {
+                Err(error(field.to_owned(), "expected an object".to_owned()))
+            }
+            Some(v) => serde_path_to_error::deserialize(v).map(Some).map_err(|e| {
+                let inner = e.path().to_string();
+                let at = match inner.as_str() {
+                    "" | "." => field.to_owned(),
+                    _ => format!("{field}.{inner}"),
+                };
+                error(at, e.into_inner().to_string())
+            }),
+        }
+    }
 }
 
 /// A usable service name for a client's server key: every character

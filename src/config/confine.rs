@@ -178,43 +178,66 @@ impl Limits {
 }
 
 /// A number of bytes, written in configuration files as a number or as a
-/// number and a unit: `B`, `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024) or
-/// `kB`, `MB`, `GB`, `TB` (powers of 1000), as in `"512MiB"` or `"1.5 GB"`.
+/// number and a unit, case-insensitive:
+///
+/// - one letter, `K`, `M`, `G`, `T`, `P`: powers of 1024, as systemd and
+///   docker read them (`"512M"` is 512 MiB);
+/// - `KiB`, `MiB`, `GiB`, `TiB`, `PiB` (or `Ki`, `Mi`, …): powers of 1024;
+/// - `kB`, `MB`, `GB`, `TB`, `PB`: powers of 1000;
+/// - `B` or nothing: bytes.
+///
+/// The units with more than one letter are read by the `bytesize` crate.
+/// A fraction is allowed when the result is a whole number of bytes
+/// (`"1.5KiB"`, not `"1.9"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
-    /// Parses `"512MiB"`, `"1 GB"`, `"4096"`.
+    /// Parses `"512MiB"`, `"512M"`, `"1 GB"`, `"4096"`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let split = text
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
-        let number: f64 = number.parse().map_err(|_| {
-            format!("{text:?} is not a size: write a number and a unit, such as \"512MiB\"")
-        })?;
-        let unit: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "TiB" => 1 << 40,
-            "kB" | "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "TB" => 1_000_000_000_000,
-            other => {
-                return Err(format!(
-                    "{other:?} is not a unit of size: use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"
-                ))
-            }
-        };
-        let bytes = number * unit as f64;
-        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-            return Err(format!("{text:?} is too large"));
+        let unit = unit.trim();
+        let not_a_size =
+            || format!("{text:?} is not a size: write a number and a unit, such as \"512MiB\"");
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+            return Err(not_a_size());
         }
-        Ok(ByteSize(bytes as u64))
+        let size: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" => 1 << 10,
+            "m" => 1 << 20,
+            "g" => 1 << 30,
+            "t" => 1 << 40,
+            "p" => 1 << 50,
+            _ => format!("1 {unit}")
+                .parse::<bytesize::ByteSize>()
+                .map_err(|_| {
+                    format!("{unit:?} is not a unit of size: use B, K, M, G, T (powers of 1024, as systemd), KiB, MiB, GiB, TiB, or kB, MB, GB, TB (powers of 1000)")
+                })?
+                .as_u64(),
+        };
+        let too_large = || format!("{text:?} is too large");
+        // Exact decimal arithmetic: digits times the unit, over the
+        // fraction's power of ten.
+        let scale = u32::try_from(fraction.len())
+            .ok()
+            .and_then(|n| 10u128.checked_pow(n))
+            .ok_or_else(too_large)?;
+        let digits: u128 = format!("{whole}{fraction}")
+            .parse()
+            .map_err(|_| too_large())?;
+        let bytes = digits.checked_mul(u128::from(size)).ok_or_else(too_large)?;
+        if bytes % scale != 0 {
+            return Err(format!("{text:?} is not a whole number of bytes"));
+        }
+        u64::try_from(bytes / scale)
+            .map(ByteSize)
+            .map_err(|_| too_large())
     }
 }
 
@@ -271,16 +294,52 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Deserializes a table only: the derived `Deserialize` of a struct also
+/// takes a sequence of its fields in order (`limits = ["1MiB"]`), which a
+/// configuration must not.
+pub(crate) fn table<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Visitor<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a table")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+
+    d.deserialize_map(Visitor(std::marker::PhantomData))
+}
+
+/// [`table`] for an optional field (with `#[serde(default)]`).
+pub(crate) fn optional_table<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    table(d).map(Some)
+}
+
 /// A Landlock sandbox (`[services.<name>.sandbox]`): what the process may
 /// read, write and connect to, enforced by the kernel (Linux 5.13+,
 /// TCP rules 6.7+).
 ///
 /// Beyond `read` and `write`, the process may always read and run its
-/// binary's folder and the system's programs and libraries (`/usr`,
-/// `/lib`, `/lib64`, `/bin`, `/sbin`, `/etc/ld.so.cache`, `/etc/ssl`,
-/// `/etc/locale.alias`), read and write `/dev/null`, and make its socket
-/// in the services folder. Its log file is opened by the host and needs no
-/// rule.
+/// binary (that file, symbolic links resolved, not its folder) and the
+/// system's programs and libraries (`/usr`, `/lib`, `/lib64`, `/bin`,
+/// `/sbin`, `/etc/ld.so.cache`, `/etc/ssl`, `/etc/locale.alias`), read the
+/// name resolution files (`/etc/hosts`, `/etc/resolv.conf`,
+/// `/etc/nsswitch.conf`, `/etc/host.conf`, `/etc/gai.conf`), read and
+/// write `/dev/null`, and make its socket in the services folder (nothing
+/// else there). Its log file is opened by the host and needs no rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -288,7 +347,8 @@ pub struct Sandbox {
     /// Absolute paths it may read and run beneath.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub read: Vec<PathBuf>,
-    /// Absolute paths it may read and write beneath.
+    /// Absolute paths it may read and write beneath (not execute: list
+    /// a path in `read` too for that).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub write: Vec<PathBuf>,
     /// Whether it may connect and bind TCP sockets (default true). False
@@ -297,7 +357,9 @@ pub struct Sandbox {
     #[serde(default = "super::yes")]
     pub network: bool,
     /// Whether starting must fail when the kernel cannot enforce the
-    /// sandbox (default false: a warning, once, and it runs unconfined).
+    /// sandbox (default false: a warning, once, and it runs unconfined;
+    /// also when applying it fails in the child, which the status cannot
+    /// show).
     #[serde(default)]
     pub required: bool,
     /// Tests only: behave as if the kernel had no Landlock.
@@ -354,6 +416,15 @@ mod tests {
         assert_eq!(ByteSize::parse("1 GB"), Ok(ByteSize(1_000_000_000)));
         assert_eq!(ByteSize::parse("1.5KiB"), Ok(ByteSize(1536)));
         assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
+        assert_eq!(ByteSize::parse("512M"), Ok(ByteSize(512 << 20)));
+        assert_eq!(ByteSize::parse("2g"), Ok(ByteSize(2 << 30)));
+        assert_eq!(ByteSize::parse("1 gib"), Ok(ByteSize(1 << 30)));
+        assert_eq!(ByteSize::parse("3 kb"), Ok(ByteSize(3000)));
+        assert!(ByteSize::parse("1.9").is_err());
+        assert!(ByteSize::parse("1.5B").is_err());
+        assert!(ByteSize::parse(".").is_err());
+        assert!(ByteSize::parse("1.2.3K").is_err());
+        assert!(ByteSize::parse("99999999999999999999T").is_err());
         assert!(ByteSize::parse("12 parsecs").is_err());
         assert!(ByteSize::parse("MiB").is_err());
         assert_eq!(ByteSize(512 << 20).to_string(), "512MiB");

@@ -117,7 +117,12 @@ impl Slot {
             .as_ref()
             .map(|p| p.restrictions().to_vec())
             .unwrap_or_default();
-        restrictions.extend(self.config.tools.as_ref().map(ToString::to_string));
+        // Listed by the spawn for a process; here for a remote server.
+        if let Some(tools) = self.config.tools.as_ref().map(ToString::to_string) {
+            if !restrictions.contains(&tools) {
+                restrictions.push(tools);
+            }
+        }
         if let Some(ext) = &started.extension {
             self.endpoint.set_ready(ext.service.clone());
         }
@@ -159,17 +164,20 @@ impl Slot {
         rejected.extend(unreadable);
         let tools = self.routed(tools);
         let mut live = self.live.write().expect("slot lock poisoned");
-        if generation != live.generation
-            || live.started.is_none()
-            || (live.tools == tools && live.rejected == rejected)
-        {
+        if generation != live.generation || live.started.is_none() {
             return false;
         }
-        live.tools = tools;
-        live.rejected = rejected;
+        let changed = live.tools != tools || live.rejected != rejected;
+        if changed {
+            live.tools = tools;
+            live.rejected = rejected;
+        }
         drop(live);
-        self.set_status(|s| s.tools_hidden = hidden.len());
-        true
+        // A change in hidden tools alone still updates their count.
+        if self.status().tools_hidden != hidden.len() {
+            self.set_status(|s| s.tools_hidden = hidden.len());
+        }
+        changed
     }
 
     /// Takes the current incarnation out: calls fail at once from now on,

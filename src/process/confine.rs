@@ -247,12 +247,16 @@ pub(super) fn rlimits(limits: &Limits) -> (Rlimits, Vec<String>) {
     ];
     for (slot, (resource, values, text)) in out.iter_mut().zip(wanted) {
         let Some((soft, hard)) = values else { continue };
-        let (soft, hard) = match getrlimit(resource) {
-            Ok((_, max)) => (soft.min(max), hard.min(max)),
-            Err(_) => (soft, hard),
-        };
-        *slot = Some((resource, soft, hard));
-        described.extend(text.map(|t| format!("limit {t}")));
+        let max = getrlimit(resource).map_or(u64::MAX, |(_, max)| max);
+        *slot = Some((resource, soft.min(max), hard.min(max)));
+        // The value in force, not only the one asked for.
+        described.extend(text.map(|t| {
+            if soft > max {
+                format!("limit {t}, capped at {max} (the host's hard limit)")
+            } else {
+                format!("limit {t}")
+            }
+        }));
     }
     (out, described)
 }
@@ -298,9 +302,10 @@ pub(super) struct PreparedSandbox {
     pub(super) described: String,
 }
 
-/// Folders every sandboxed process may read and run beneath (those that
-/// exist): the system's programs and libraries.
-const DEFAULT_READ: [&str; 8] = [
+/// Folders and files every sandboxed process may read and run beneath
+/// (those that exist): the system's programs and libraries, TLS
+/// certificates, and the files the C library reads to resolve host names.
+const DEFAULT_READ: [&str; 13] = [
     "/usr",
     "/lib",
     "/lib64",
@@ -309,10 +314,22 @@ const DEFAULT_READ: [&str; 8] = [
     "/etc/ld.so.cache",
     "/etc/ssl",
     "/etc/locale.alias",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
 ];
+
+/// How the rules every sandbox gets are summed up in the status.
+pub(super) const IMPLICIT_RULES: &str = "+ the binary, system libraries (/usr, /lib, /etc/ld.so.cache, /etc/ssl), name resolution files in /etc, /dev/null, its socket";
 
 /// Builds the Landlock ruleset of `sandbox` for `binary`; `services_dir`
 /// is where its socket goes, if it has one.
+///
+/// The binary itself is allowed (read and execute on that one file,
+/// after resolving symbolic links: Landlock checks the file they lead
+/// to), not its folder.
 ///
 /// # Errors
 ///
@@ -409,22 +426,30 @@ pub(super) fn sandbox(
     for path in DEFAULT_READ {
         rule(Path::new(path), AccessFs::from_read(abi), "")?;
     }
-    if let Some(folder) = binary.parent() {
-        rule(folder, AccessFs::from_read(abi), "")?;
-    }
+    // The binary file, not its folder: the file a symbolic link leads to
+    // is the one Landlock checks.
+    let real_binary = std::fs::canonicalize(binary).map_err(|e| {
+        failed(format!(
+            "cannot resolve the binary {}: {e}",
+            binary.display()
+        ))
+    })?;
+    rule(&real_binary, AccessFs::from_read(abi), "the binary")?;
     rule(Path::new("/dev/null"), AccessFs::from_file(abi), "")?;
     if let Some(dir) = services_dir {
-        rule(
-            dir,
-            AccessFs::MakeSock | AccessFs::ReadDir | AccessFs::RemoveFile,
-            "",
-        )?;
+        // Binding its socket; the host removes stale sockets before the
+        // spawn and after the stop, so the process needs no other right
+        // there (not to list or remove other services' sockets or the
+        // host's lock).
+        rule(dir, AccessFs::MakeSock.into(), "")?;
     }
     for path in &sandbox.read {
         rule(path, AccessFs::from_read(abi), "sandbox.read")?;
     }
+    // Read and write, not execute (unless also listed in `read`).
+    let write = AccessFs::from_all(abi) & !AccessFs::Execute;
     for path in &sandbox.write {
-        rule(path, AccessFs::from_all(abi), "sandbox.write")?;
+        rule(path, write, "sandbox.write")?;
     }
     let created = created.add_rules(rules).map_err(landlock_err)?;
 
@@ -436,7 +461,7 @@ pub(super) fn sandbox(
             .join(", ")
     };
     let described = format!(
-        "sandbox (Landlock ABI {}): read [{}], write [{}], network {}",
+        "sandbox (Landlock ABI {}): read [{}] ({IMPLICIT_RULES}), write [{}], network {}",
         kernel_abi.min(7),
         list(&sandbox.read),
         list(&sandbox.write),

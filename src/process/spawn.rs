@@ -142,6 +142,9 @@ fn prepare(
         confinement.restrictions.push(prepared.described.clone());
         confinement.sandbox = Some(prepared);
     }
+    confinement
+        .restrictions
+        .extend(config.tools.as_ref().map(ToString::to_string));
     if let Some(cwd) = &config.cwd {
         if !cwd.is_dir() {
             let missing = io::Error::new(
@@ -252,6 +255,14 @@ fn spawn_logged(
             SpawnError::Sandbox {
                 service: name.to_owned(),
                 problem: "is required, and the kernel did not enforce it".to_owned(),
+            }
+        } else if sandboxed && source.raw_os_error() == Some(nix::errno::Errno::EACCES as i32) {
+            SpawnError::Sandbox {
+                service: name.to_owned(),
+                problem: format!(
+                    "may be the cause: running {} was denied ({source}); a `#!` interpreter or a runtime outside the system folders needs its folder in `sandbox.read`",
+                    program.display()
+                ),
             }
         } else if super::limits::is_resource_exhausted(&source) {
             io_error(name, "spawn its process")(source)

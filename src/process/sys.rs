@@ -51,7 +51,8 @@ pub(crate) fn restore_fd_limit(cmd: &mut std::process::Command, soft: u64, hard:
 /// Applies a service's confinement in the child: the resource limits
 /// `rlimits`, then the Landlock `sandbox`, if any. A sandbox that is
 /// `required` and that the kernel did not enforce at all fails the spawn
-/// with `EOPNOTSUPP`.
+/// with `EOPNOTSUPP`, and a failing `landlock_restrict_self` with its
+/// errno; one that is not required runs without it in both cases.
 pub(crate) fn confine(
     cmd: &mut std::process::Command,
     rlimits: super::confine::Rlimits,
@@ -82,6 +83,11 @@ pub(crate) fn confine(
                             return Err(nix::errno::Errno::EOPNOTSUPP.into());
                         }
                     }
+                    // Not required: run unconfined rather than fail
+                    // (for example EPERM from a seccomp filter that
+                    // forbids the calls). The child cannot tell the host;
+                    // the status still lists the sandbox as prepared.
+                    Err(_) if !required => {}
                     Err(e) => return Err(errno_of(&e).into()),
                 }
             }
