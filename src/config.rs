@@ -490,6 +490,16 @@ impl ServiceConfig {
         }
     }
 
+    /// Warns about each `tools` pattern of service `name` that matches
+    /// none of `tools` (the service's own list, before any `prefix`).
+    pub(crate) fn warn_unmatched_tool_patterns(&self, name: &str, tools: &[crate::tool::Tool]) {
+        let Some(filter) = &self.tools else { return };
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+        for pattern in filter.unmatched(&names) {
+            tracing::warn!(service = %name, pattern = %pattern, "a `tools` pattern matches none of the service's tools (patterns match its own names, before any `prefix`)");
+        }
+    }
+
     /// Checks the entry named `name`.
     pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
         validate_name(name)?;

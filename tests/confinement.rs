@@ -612,7 +612,7 @@ async fn exthost_tools_prints_each_binarys_hash_and_how_many_tools_are_hidden() 
     let dir = temp_dir();
     let text = format!(
         "services_dir = \"{0}/services\"\nlogs_dir = \"{0}/logs\"\n\
-         [services.filtered]\ncommand = \"{1}\"\ntools = {{ deny = [\"crash\", \"fail\"] }}\n",
+         [services.filtered]\ncommand = \"{1}\"\ntools = {{ deny = [\"crash\", \"fail\", \"filtered_pid\"] }}\n",
         dir.path().display(),
         mock_bin().display()
     );
@@ -648,6 +648,48 @@ async fn exthost_tools_prints_each_binarys_hash_and_how_many_tools_are_hidden() 
         stderr.contains("hidden: `filtered`: 2 tools hidden by its `tools` filter"),
         "{stderr}"
     );
+    // A pattern naming no tool (here, a prefixed name) is pointed out.
+    assert!(
+        stderr.contains("matches none of the service's tools") && stderr.contains("filtered_pid"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn exthost_tools_says_a_script_cannot_be_pinned() {
+    let dir = temp_dir();
+    let script = dir.path().join("ext.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let text = format!(
+        "services_dir = \"{0}/services\"\nlogs_dir = \"{0}/logs\"\n\
+         [services.script]\ncommand = \"{1}\"\n",
+        dir.path().display(),
+        script.display()
+    );
+    let cfg = dir.path().join("exthost.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = tokio::time::timeout(
+        common::WAIT,
+        run::exthost()
+            .arg("tools")
+            .arg("--config")
+            .arg(&cfg)
+            .output(),
+    )
+    .await
+    .expect("exthost tools finished")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "sha256: `script`: a `#!` script, cannot be pinned  {}",
+            script.display()
+        )),
+        "{stderr}"
+    );
+    let hash = binary_sha256(&script).unwrap();
+    assert!(!stderr.contains(&hash), "{stderr}");
 }
 
 #[tokio::test]

@@ -83,6 +83,28 @@ impl ToolFilter {
     }
 }
 
+impl ToolFilter {
+    /// The patterns of `allow` and `deny` that match none of `names` (a
+    /// common mistake: writing a tool's prefixed name).
+    pub fn unmatched<'a>(&'a self, names: &[&str]) -> Vec<&'a str> {
+        self.allow
+            .iter()
+            .flatten()
+            .chain(&self.deny)
+            .filter(|p| {
+                globset::GlobBuilder::new(p)
+                    .literal_separator(false)
+                    .build()
+                    .is_ok_and(|g| {
+                        let g = g.compile_matcher();
+                        !names.iter().any(|n| g.is_match(n))
+                    })
+            })
+            .map(String::as_str)
+            .collect()
+    }
+}
+
 impl fmt::Display for ToolFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("tools")?;

@@ -80,6 +80,7 @@ pub(super) async fn ready(
             return Err(failed(e));
         }
     };
+    config.warn_unmatched_tool_patterns(name, &tools);
     let (tools, hidden_tools) = config.filter_tools(tools);
     let (tools, mut rejected) = crate::tool::partition_checked(tools);
     rejected.extend(mcp.take_rejected());

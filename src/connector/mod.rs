@@ -300,6 +300,7 @@ impl Connector {
                 service: name.to_owned(),
                 source,
             })?;
+        config.warn_unmatched_tool_patterns(name, &info.tools);
         let (tools, hidden_tools) = config.filter_tools(std::mem::take(&mut info.tools));
         info.tools = tools;
         let service = stack.service(connection.clone());

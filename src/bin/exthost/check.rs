@@ -36,8 +36,10 @@ pub(crate) async fn check(
         output::log_closed(Some(&e));
         return CLOSED_OUTPUT;
     }
-    if let Ok(hash) = exthost::process::binary_sha256(std::path::Path::new(&program[0])) {
-        say!("sha256: {hash}  {}", program[0]);
+    match super::pin_hash(std::path::Path::new(&program[0])) {
+        Ok(Some(hash)) => say!("sha256: {hash}  {}", program[0]),
+        Ok(None) => say!("sha256: a `#!` script, cannot be pinned  {}", program[0]),
+        Err(_) => {}
     }
     let conformant = report.is_conformant(strict);
     if !conformant && !report.output().is_empty() {

@@ -404,11 +404,27 @@ fn print_hashes(services: &std::collections::BTreeMap<String, exthost::config::S
         let Ok(binary) = exthost::process::resolve_binary(name, config) else {
             continue;
         };
-        match exthost::process::binary_sha256(&binary) {
-            Ok(hash) => say!("sha256: `{name}`: {hash}  {}", binary.display()),
+        match pin_hash(&binary) {
+            Ok(Some(hash)) => say!("sha256: `{name}`: {hash}  {}", binary.display()),
+            Ok(None) => say!(
+                "sha256: `{name}`: a `#!` script, cannot be pinned  {}",
+                binary.display()
+            ),
             Err(e) => say!("sha256: `{name}`: cannot read {}: {e}", binary.display()),
         }
     }
+}
+
+/// The SHA-256 to pin `binary` with, or `None` for a `#!` script, which
+/// `sha256` refuses.
+fn pin_hash(binary: &std::path::Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut magic = [0; 2];
+    let script = std::fs::File::open(binary)?.read_exact(&mut magic).is_ok() && magic == *b"#!";
+    if script {
+        return Ok(None);
+    }
+    exthost::process::binary_sha256(binary).map(Some)
 }
 
 /// The exit code of a call error.
