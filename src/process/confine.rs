@@ -322,7 +322,7 @@ const DEFAULT_READ: [&str; 13] = [
 ];
 
 /// How the rules every sandbox gets are summed up in the status.
-pub(super) const IMPLICIT_RULES: &str = "+ the binary, system libraries (/usr, /lib, /etc/ld.so.cache, /etc/ssl), name resolution files in /etc, /dev/null, its socket";
+const IMPLICIT_RULES: &str = "+ the binary, system libraries (/usr, /lib, /etc/ld.so.cache, /etc/ssl), name resolution files in /etc, /dev/null";
 
 /// Builds the Landlock ruleset of `sandbox` for `binary`; `services_dir`
 /// is where its socket goes, if it has one.
@@ -461,9 +461,14 @@ pub(super) fn sandbox(
             .join(", ")
     };
     let described = format!(
-        "sandbox (Landlock ABI {}): read [{}] ({IMPLICIT_RULES}), write [{}], network {}",
+        "sandbox (Landlock ABI {}): read [{}] ({IMPLICIT_RULES}{}), write [{}], network {}",
         kernel_abi.min(7),
         list(&sandbox.read),
+        if services_dir.is_some() {
+            ", its socket"
+        } else {
+            ""
+        },
         list(&sandbox.write),
         if sandbox.network || kernel_abi < 4 {
             "allowed"
