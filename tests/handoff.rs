@@ -277,3 +277,71 @@ async fn a_request_written_while_another_caller_reads_reaches_the_extension_whol
     assert_eq!(got_a.unwrap(), ExtResponse::tool_result(long_a));
     assert_eq!(got_b.unwrap(), ExtResponse::tool_result(long_b));
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_reader_kept_but_not_polled_does_not_hold_up_a_caller_in_its_task() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder().max_in_flight(2).build(io);
+    let mut a = ready_call(&conn, "a").await;
+    // `a` becomes the reader, then is kept but no longer polled (as under
+    // `timeout(d, &mut a)` or in a `select!` loop).
+    assert!(poll!(&mut a).is_pending());
+    let b = ready_call(&conn, "b").await;
+    let ext_side = tokio::spawn(async move {
+        assert_eq!(recv(&mut ext).await.tool_name(), Some("a"));
+        assert_eq!(recv(&mut ext).await.tool_name(), Some("b"));
+        ext.send(answer("a")).await.unwrap();
+        ext.send(answer("b")).await.unwrap();
+        ext
+    });
+    let got = tokio::time::timeout(Duration::from_secs(30), b).await;
+    assert_eq!(
+        got.expect("b waited behind a reader nobody polls").unwrap(),
+        answer("b")
+    );
+    let _ext = common::join(ext_side).await;
+    // `a`'s answer was read for it, in its place.
+    assert_eq!(a.await.unwrap(), answer("a"));
+    assert_eq!(conn.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_reader_kept_but_not_polled_does_not_hold_up_callers_in_other_tasks() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder().max_in_flight(2).build(io);
+    let mut a = ready_call(&conn, "a").await;
+    assert!(poll!(&mut a).is_pending());
+    assert_eq!(recv(&mut ext).await.tool_name(), Some("a"));
+    // `b` waits in its own task; this task keeps `a` and polls only `b`'s
+    // join handle, so only the background task can notice `a` is behind.
+    let b = ready_call(&conn, "b").await;
+    let b = tokio::spawn(b);
+    assert_eq!(recv(&mut ext).await.tool_name(), Some("b"));
+    ext.send(answer("a")).await.unwrap();
+    ext.send(answer("b")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), b).await;
+    let got = got.expect("b waited behind a reader nobody polls");
+    assert_eq!(got.unwrap().unwrap(), answer("b"));
+    assert_eq!(a.await.unwrap(), answer("a"));
+    assert_eq!(conn.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_reader_kept_but_not_polled_does_not_stop_the_stuck_limit() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder()
+        .max_in_flight(2)
+        .stuck_after(Some(Duration::from_secs(2)))
+        .build(io);
+    let mut a = ready_call(&conn, "a").await;
+    assert!(poll!(&mut a).is_pending());
+    let b = tokio::spawn(ready_call(&conn, "b").await);
+    assert_eq!(recv(&mut ext).await.tool_name(), Some("a"));
+    assert_eq!(recv(&mut ext).await.tool_name(), Some("b"));
+    // The extension never answers: the stuck limit must still fail `b`.
+    let got = tokio::time::timeout(Duration::from_secs(30), b).await;
+    let got = got.expect("the stuck limit never fired").unwrap();
+    assert!(matches!(got, Err(ConnectionError::Stuck { .. })), "{got:?}");
+    drop(a);
+    drop(ext);
+}

@@ -127,6 +127,14 @@ fn wait(
     cx: &mut Context<'_>,
 ) -> (Poll<Answer>, Option<Waker>) {
     let shared = &handle.shared;
+    if st.reader() != Reader::Caller(id)
+        && (st.reader() == Reader::Background || st.reader_is_behind())
+    {
+        // The background task reads, or the reading caller has not run
+        // since the socket rang (its future may be kept but not polled):
+        // this caller, running now, reads instead.
+        st.take_reader(id);
+    }
     let reading = st.reader() == Reader::Caller(id);
     if reading {
         st.drive(&shared.status, cx.waker(), Some(id));

@@ -10,11 +10,13 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
@@ -65,6 +67,38 @@ struct Entry {
     answered: Answered,
 }
 
+/// The waker the socket and the stuck timer are polled with, whoever
+/// reads: it wakes the reader, and counts each ring so that a reader whose
+/// future is kept but no longer polled (a `select!` branch, a call under
+/// `timeout(d, &mut call)`) can be told from one that is about to run.
+/// While other callers wait it also wakes the background task, which takes
+/// the role from a reader that has not run since the ring (see
+/// [`Shared::background`]), so no caller is held up behind it.
+struct Alarm {
+    /// Rings so far (socket readiness, the stuck timer).
+    rings: AtomicU64,
+    /// The reader's own waker (a caller's, or the background task's).
+    reader: AtomicWaker,
+    /// The background task's waker.
+    background: AtomicWaker,
+    /// Whether a caller other than the reader waits for an answer.
+    followers: AtomicBool,
+}
+
+impl Wake for Alarm {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.rings.fetch_add(1, Ordering::AcqRel);
+        if self.followers.load(Ordering::Acquire) {
+            self.background.wake();
+        }
+        self.reader.wake();
+    }
+}
+
 /// Who polls the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reader {
@@ -98,9 +132,15 @@ pub(crate) struct State {
     /// entry's index is its id minus the front's.
     next_id: u64,
     reader: Reader,
-    /// The waker the socket and the stuck timer are polled with: the
-    /// reader's.
-    reader_waker: Option<Waker>,
+    alarm: Arc<Alarm>,
+    /// `alarm` as a waker: what the socket and the timer are polled with.
+    socket_waker: Waker,
+    /// The alarm's rings when the reader last drove the socket: more since
+    /// means the reader has not yet looked at what woke it.
+    rung: u64,
+    /// The `rung` at which the background task last found the reader
+    /// behind; still the same at its next look, it takes the role.
+    suspect: Option<u64>,
     /// The background task's waker, once it has run.
     background: Option<Waker>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -118,6 +158,12 @@ impl Shared {
         stuck_after: Option<Duration>,
         stuck_after_handshake: Option<Duration>,
     ) -> Self {
+        let alarm = Arc::new(Alarm {
+            rings: AtomicU64::new(0),
+            reader: AtomicWaker::new(),
+            background: AtomicWaker::new(),
+            followers: AtomicBool::new(false),
+        });
         Shared {
             state: Mutex::new(State {
                 io: Some(io),
@@ -128,7 +174,10 @@ impl Shared {
                 owed: 0,
                 next_id: 1,
                 reader: Reader::Background,
-                reader_waker: None,
+                socket_waker: Waker::from(alarm.clone()),
+                alarm,
+                rung: 0,
+                suspect: None,
                 background: None,
                 timer: None,
                 stuck_after,
@@ -162,9 +211,16 @@ impl Shared {
     /// that gave up, the extension closing an idle connection, the stuck
     /// timer); a caller taking the role leaves it parked, a caller handing
     /// the role back registers the task's waker without waking it.
+    ///
+    /// While callers other than the reader wait, each ring of the socket
+    /// wakes it too: if the reader has not run since the ring, it looks
+    /// once more after yielding, and if the reader still has not run (its
+    /// future is kept but not polled), it takes the role, so the other
+    /// callers get their answers.
     pub(crate) async fn background(self: Arc<Self>) {
         std::future::poll_fn(|cx| {
             let mut st = self.lock();
+            st.alarm.background.register(cx.waker());
             if !st
                 .background
                 .as_ref()
@@ -172,7 +228,7 @@ impl Shared {
             {
                 st.background = Some(cx.waker().clone());
                 if st.reader == Reader::Background {
-                    st.reader_waker = st.background.clone();
+                    st.alarm.reader.register(cx.waker());
                 }
             }
             if st.io.is_none() {
@@ -189,8 +245,23 @@ impl Shared {
                     }
                 };
             }
-            if st.reader == Reader::Background {
-                st.drive(&self.status, cx.waker(), None);
+            match st.reader {
+                Reader::Background => {
+                    st.suspect = None;
+                    st.drive(&self.status, cx.waker(), None);
+                }
+                Reader::Caller(_) if st.reader_is_behind() => {
+                    if st.suspect == Some(st.rung) {
+                        st.suspect = None;
+                        st.reader = Reader::Background;
+                        st.drive(&self.status, cx.waker(), None);
+                    } else {
+                        // Give the reader, woken by the same ring, its turn.
+                        st.suspect = Some(st.rung);
+                        cx.waker().wake_by_ref();
+                    }
+                }
+                Reader::Caller(_) => st.suspect = None,
             }
             if st.io.is_none() {
                 Poll::Ready(())
@@ -211,6 +282,26 @@ impl State {
 
     pub(crate) fn reader(&self) -> Reader {
         self.reader
+    }
+
+    /// Whether the socket or the timer rang since the reading caller last
+    /// drove it: it has not run since (or is about to).
+    pub(crate) fn reader_is_behind(&self) -> bool {
+        matches!(self.reader, Reader::Caller(_))
+            && self.alarm.rings.load(Ordering::Acquire) != self.rung
+    }
+
+    /// Call `id`, waiting and not answered, becomes the reader: the role
+    /// was the background task's, or its caller is behind. The caller it
+    /// replaces (if any) keeps waiting as a follower.
+    pub(crate) fn take_reader(&mut self, id: u64) {
+        let i = self.index(id).expect("a waiting call's entry stays queued");
+        if matches!(self.entries[i].answered, Answered::Owed(_)) {
+            if matches!(self.reader, Reader::Caller(_)) {
+                self.alarm.followers.store(true, Ordering::Release);
+            }
+            self.reader = Reader::Caller(id);
+        }
     }
 
     pub(crate) fn is_failed(&self) -> bool {
@@ -258,7 +349,9 @@ impl State {
         });
         if self.reader == Reader::Background {
             self.reader = Reader::Caller(id);
-            self.reader_waker = Some(waker.clone());
+            self.alarm.reader.register(waker);
+        } else {
+            self.alarm.followers.store(true, Ordering::Release);
         }
         self.settle_shutdowns(Some(id));
         Ok(id)
@@ -278,8 +371,8 @@ impl State {
         Some(answer)
     }
 
-    /// Records the waker of call `id`, still waiting (and, if it reads,
-    /// the reader's).
+    /// Records the waker of call `id`, still waiting (the reader's was
+    /// registered with the alarm when it drove the socket).
     pub(crate) fn park(&mut self, id: u64, waker: &Waker) {
         let i = self.index(id).expect("a waiting call's entry stays queued");
         if let Answered::Owed(w) = &mut self.entries[i].answered {
@@ -287,13 +380,8 @@ impl State {
                 *w = Some(waker.clone());
             }
         }
-        if self.reader == Reader::Caller(id)
-            && !self
-                .reader_waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(waker))
-        {
-            self.reader_waker = Some(waker.clone());
+        if self.reader != Reader::Caller(id) {
+            self.alarm.followers.store(true, Ordering::Release);
         }
     }
 
@@ -314,21 +402,23 @@ impl State {
     /// released; with none, to the background task, whose waker is then
     /// registered with the socket (and the timer) here, without waking it.
     pub(crate) fn hand_off(&mut self, status: &Status) -> Option<Waker> {
-        let next = self
+        let mut waiting = self
             .entries
             .iter()
             .skip(self.owed)
-            .find_map(|e| match &e.answered {
-                Answered::Owed(Some(w)) => Some((e.id, w.clone())),
+            .filter_map(|e| match &e.answered {
+                Answered::Owed(Some(w)) => Some((e.id, w)),
                 _ => None,
             });
+        let next = waiting.next().map(|(id, w)| (id, w.clone()));
+        let more = waiting.next().is_some();
+        self.alarm.followers.store(more, Ordering::Release);
         if let Some((id, waker)) = next {
             self.reader = Reader::Caller(id);
-            self.reader_waker = Some(waker.clone());
+            self.alarm.reader.register(&waker);
             return Some(waker);
         }
         self.reader = Reader::Background;
-        self.reader_waker = self.background.clone();
         match self.background.clone() {
             Some(w) => self.drive(status, &w, None),
             // Not yet run: it will read when it first runs.
@@ -338,12 +428,10 @@ impl State {
     }
 
     /// Pushes what the write buffer holds into the socket with the
-    /// reader's waker (a caller that is not the reader has written its
-    /// frame; the reader is woken to finish if the socket is full).
+    /// alarm (a caller that is not the reader has written its frame; the
+    /// reader is woken to finish if the socket is full).
     pub(crate) fn write_for_reader(&mut self, status: &Status, me: u64) {
-        let Some(waker) = self.reader_waker.clone() else {
-            return;
-        };
+        let waker = self.socket_waker.clone();
         let mut cx = Context::from_waker(&waker);
         if let Err(e) = self.flush(&mut cx) {
             self.fail(status, e, Some(me));
@@ -358,7 +446,11 @@ impl State {
         if self.io.is_none() {
             return;
         }
-        let mut cx = Context::from_waker(waker);
+        self.alarm.reader.register(waker);
+        // Rings from here on are news to this reader.
+        self.rung = self.alarm.rings.load(Ordering::Acquire);
+        let socket = self.socket_waker.clone();
+        let mut cx = Context::from_waker(&socket);
         let result = self
             .flush(&mut cx)
             .and_then(|_| self.read(status, &mut cx, me))
