@@ -56,6 +56,15 @@
 //!   socket without waking it: a sequential call never waits for it, and it
 //!   runs only when something arrives that no caller is waiting for. When
 //!   every handle is gone it writes what is left and closes the socket.
+//! - **A reader that is not polled holds no one up.** A call future can be
+//!   kept without being polled (under `timeout(d, &mut call)`, or in a
+//!   `select!` loop whose other branch awaits another call). The socket
+//!   and the stuck timer are polled with an alarm waker that wakes the
+//!   reader and counts its rings: a caller that runs while the reader has
+//!   not run since the last ring takes the role, and while other callers
+//!   wait the alarm also wakes the background task, which takes the role
+//!   if the reader still has not run after one yield. The kept call's
+//!   answer is stored for it in its place.
 //! - **Failure.** A failure found by whoever reads (or writes) fails every
 //!   request owed an answer with the same error, frees their slots and
 //!   closes the socket.
