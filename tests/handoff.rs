@@ -345,3 +345,28 @@ async fn a_reader_kept_but_not_polled_does_not_stop_the_stuck_limit() {
     drop(a);
     drop(ext);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_caller_waiting_for_a_slot_learns_that_the_connection_failed() {
+    let (io, ext) = fake_pair();
+    let conn = Connection::builder().max_in_flight(1).build(io);
+    // One clone holds the only slot without calling; another waits for it.
+    let mut holder = conn.clone();
+    holder.ready().await.unwrap();
+    let mut waiter = conn.clone();
+    let (pending_tx, pending_rx) = tokio::sync::oneshot::channel();
+    // The waiter runs in its own task, so only a wake-up can tell it.
+    let waiting = tokio::spawn(async move {
+        let mut ready = std::pin::pin!(waiter.ready());
+        assert!(poll!(&mut ready).is_pending(), "the only slot is held");
+        pending_tx.send(()).unwrap();
+        ready.await.map(|_| ())
+    });
+    pending_rx.await.unwrap();
+    // The extension closes the idle connection.
+    drop(ext);
+    let got = tokio::time::timeout(Duration::from_secs(30), waiting).await;
+    let got = got.expect("the waiter was never told").unwrap();
+    assert!(matches!(got, Err(ConnectionError::Closed)), "{got:?}");
+    drop(holder);
+}

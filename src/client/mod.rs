@@ -240,14 +240,15 @@ impl Builder {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let in_flight = Arc::new(Semaphore::new(self.max_in_flight));
         let shared = Arc::new(Shared::new(
             Box::new(io),
             self.max_frame_len,
             self.stuck_after,
             self.stuck_after_handshake,
+            in_flight.clone(),
         ));
         tokio::spawn(shared.clone().background());
-        let in_flight = Arc::new(Semaphore::new(self.max_in_flight));
         Connection {
             slots: PollSemaphore::new(in_flight.clone()),
             permit: None,
@@ -358,8 +359,15 @@ impl Service<ExtRequest> for Connection {
             return Poll::Ready(Err(e.clone()));
         }
         if self.permit.is_none() {
-            let permit = ready!(self.slots.poll_acquire(cx));
-            self.permit = Some(permit.expect("the in-flight semaphore is never closed"));
+            // The slots close when the connection fails, so a caller
+            // waiting for one learns of it.
+            match ready!(self.slots.poll_acquire(cx)) {
+                Some(permit) => self.permit = Some(permit),
+                None => {
+                    let e = self.failure().cloned().unwrap_or(ConnectionError::Closed);
+                    return Poll::Ready(Err(e));
+                }
+            }
         }
         Poll::Ready(Ok(()))
     }

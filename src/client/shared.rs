@@ -157,6 +157,7 @@ impl Shared {
         max_frame_len: usize,
         stuck_after: Option<Duration>,
         stuck_after_handshake: Option<Duration>,
+        slots: Arc<tokio::sync::Semaphore>,
     ) -> Self {
         let alarm = Arc::new(Alarm {
             rings: AtomicU64::new(0),
@@ -184,7 +185,7 @@ impl Shared {
                 stuck_after_handshake,
                 closed: false,
             }),
-            status: Status::default(),
+            status: Status::new(slots),
         }
     }
 

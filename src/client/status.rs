@@ -1,21 +1,33 @@
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use super::ConnectionError;
 
 /// What a connection's transport tells its handles: the first failure (set
 /// once, read by every caller, waiters woken when it is set), and whether
 /// the extension echoes correlation ids.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Status {
     cell: OnceLock<ConnectionError>,
     notify: Notify,
     echoes_ids: AtomicBool,
+    /// The in-flight slots, closed on failure so that callers waiting for
+    /// one in `poll_ready` learn of it.
+    slots: Arc<Semaphore>,
 }
 
 impl Status {
+    pub(crate) fn new(slots: Arc<Semaphore>) -> Self {
+        Status {
+            cell: OnceLock::new(),
+            notify: Notify::new(),
+            echoes_ids: AtomicBool::new(false),
+            slots,
+        }
+    }
+
     /// Records that the extension echoes correlation ids; it stays so.
     pub(crate) fn set_echoes_ids(&self) {
         self.echoes_ids.store(true, Ordering::Relaxed);
@@ -29,6 +41,7 @@ impl Status {
     /// force.
     pub(crate) fn set(&self, e: ConnectionError) -> ConnectionError {
         let _ = self.cell.set(e);
+        self.slots.close();
         self.notify.notify_waiters();
         self.cell.get().expect("failure was just set").clone()
     }
