@@ -370,3 +370,23 @@ async fn a_caller_waiting_for_a_slot_learns_that_the_connection_failed() {
     assert!(matches!(got, Err(ConnectionError::Closed)), "{got:?}");
     drop(holder);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_answer_that_arrived_before_a_failed_write_still_reaches_its_caller() {
+    let (io, mut ext) = fake_pair();
+    let conn = Connection::builder().max_in_flight(2).build(io);
+    let a = tokio::spawn(ready_call(&conn, "a").await);
+    assert_eq!(recv(&mut ext).await.tool_name(), Some("a"));
+    // The extension answers `a`, then exits before `a`'s task runs again.
+    ext.send(answer("a")).await.unwrap();
+    drop(ext);
+    // `b` writes into the closed socket first.
+    let mut b = ready_call(&conn, "b").await;
+    let first = poll!(&mut b);
+    assert_eq!(common::join(a).await.unwrap(), answer("a"));
+    let b = match first {
+        std::task::Poll::Ready(b) => b,
+        std::task::Poll::Pending => b.await,
+    };
+    assert!(b.is_err(), "{b:?}");
+}

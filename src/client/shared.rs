@@ -435,6 +435,8 @@ impl State {
         let waker = self.socket_waker.clone();
         let mut cx = Context::from_waker(&waker);
         if let Err(e) = self.flush(&mut cx) {
+            // Answers already in the socket still reach their callers.
+            let _ = self.read(status, &mut cx, Some(me));
             self.fail(status, e, Some(me));
         }
     }
@@ -452,9 +454,12 @@ impl State {
         self.rung = self.alarm.rings.load(Ordering::Acquire);
         let socket = self.socket_waker.clone();
         let mut cx = Context::from_waker(&socket);
+        // A write that fails (the extension answered, then exited) still
+        // lets the answers already in the socket reach their callers.
+        let flushed = self.flush(&mut cx);
         let result = self
-            .flush(&mut cx)
-            .and_then(|_| self.read(status, &mut cx, me))
+            .read(status, &mut cx, me)
+            .and(flushed.map(drop))
             .and_then(|()| self.poll_stuck(&mut cx));
         if let Err(e) = result {
             self.fail(status, e, me);
