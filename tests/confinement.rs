@@ -762,7 +762,7 @@ async fn a_sandbox_allows_the_binary_file_but_not_its_folder() {
         status
             .restrictions
             .iter()
-            .any(|r| r.contains("read [] (+ the binary, system libraries")),
+            .any(|r| r.contains("read [] (+ the binary, system programs and libraries")),
         "{:?}",
         status.restrictions
     );
@@ -1029,8 +1029,21 @@ fn an_mcp_client_file_takes_the_confinement_keys() {
             r#""sandbox": {"read": ["rel"]}"#,
             "field `sandbox.read` must hold absolute paths",
         ),
+        // Fail closed: null, or a misspelled key, never means "unconfined".
+        (r#""sandbox": null"#, "not null"),
+        (r#""sha256": null"#, "not null"),
+        (
+            r#""sanbox": {"read": []}"#,
+            "field `sandbox` is spelled \"sanbox\"",
+        ),
+        (r#""inherit-env": false"#, "field `inherit_env` is spelled"),
+        (r#""envPass": ["A"]"#, "field `env_pass` is spelled"),
+        (r#""tool": {"deny": ["x"]}"#, "field `tools` is spelled"),
     ] {
         let e = refused(entry);
         assert!(e.contains(expected), "{entry}: {e}");
     }
+    // Keys unlike any confinement key are still only warned about.
+    let text = r#"{"mcpServers": {"s": {"command": "/bin/true", "roots": [], "timeout": 5}}}"#;
+    exthost::config::HostConfig::from_json_str(text).unwrap();
 }

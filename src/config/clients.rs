@@ -174,7 +174,29 @@ fn entry_to_service(
             .ok_or_else(|| wrong("disabled", "true or false"))?;
     }
     // exthost's own confinement keys, as in its TOML (validated with the
-    // rest of the configuration).
+    // rest of the configuration). They fail closed: `null` for one, or a
+    // key spelled like one, is refused rather than read as "not set".
+    for field in CONFINEMENT_KEYS {
+        if entry.get(*field).is_some_and(Value::is_null) {
+            return Err(wrong(
+                field,
+                "a value (leave the key out to leave it unset), not null",
+            ));
+        }
+    }
+    if let Some(near) = entry
+        .keys()
+        .find_map(|k| near_confinement_key(k).map(|c| (k.clone(), c)))
+    {
+        return Err(ConfigError::Invalid {
+            service: name.to_owned(),
+            field: near.1,
+            problem: format!(
+                "is spelled {:?} here; exthost refuses a misspelled confinement key rather than run the server unconfined",
+                near.0
+            ),
+        });
+    }
     service.sha256 = string(&mut entry, "sha256")?;
     if let Some(inherit) = entry.remove("inherit_env") {
         service.inherit_env = inherit
@@ -192,6 +214,31 @@ fn entry_to_service(
         tracing::warn!(service = %name, key = %other, "ignoring a key exthost does not use");
     }
     Ok(service)
+}
+
+/// exthost's confinement keys, which client files may carry too.
+const CONFINEMENT_KEYS: &[&str] = &[
+    "sha256",
+    "tools",
+    "inherit_env",
+    "env_pass",
+    "limits",
+    "sandbox",
+];
+
+/// The confinement key `key` is a misspelling of (another case or
+/// separator, or a typo within two edits, one for keys of five letters or
+/// fewer), if any; `None` for the key
+/// itself and for keys unlike any.
+fn near_confinement_key(key: &str) -> Option<&'static str> {
+    let norm = |k: &str| k.to_ascii_lowercase().replace(['_', '-'], "");
+    let k = norm(key);
+    CONFINEMENT_KEYS.iter().copied().find(|c| {
+        let c_norm = norm(c);
+        // One edit for short keys: `roots` is not `tools`.
+        let within = if c_norm.len() <= 5 { 1 } else { 2 };
+        *c != key && (c_norm == k || strsim::damerau_levenshtein(&c_norm, &k) <= within)
+    })
 }
 
 /// Reads the typed keys of entry `name` under `key`.

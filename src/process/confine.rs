@@ -322,7 +322,7 @@ const DEFAULT_READ: [&str; 13] = [
 ];
 
 /// How the rules every sandbox gets are summed up in the status.
-const IMPLICIT_RULES: &str = "+ the binary, system libraries (/usr, /lib, /etc/ld.so.cache, /etc/ssl), name resolution files in /etc, /dev/null";
+const IMPLICIT_RULES: &str = "+ the binary, system programs and libraries (/usr, /lib, /lib64, /bin, /sbin, /etc/ld.so.cache, /etc/ssl, /etc/locale.alias), name resolution files in /etc, /dev/null";
 
 /// Builds the Landlock ruleset of `sandbox` for `binary`; `services_dir`
 /// is where its socket goes, if it has one.
