@@ -578,6 +578,15 @@ impl State {
     /// Gives `answer` to the oldest request owed one, frees its slot and
     /// wakes its caller (unless that is `me`, which is running).
     fn answer(&mut self, answer: Answer, me: Option<u64>) {
+        self.settle_oldest(answer, me);
+        self.settle_shutdowns(me);
+        self.pop_done();
+    }
+
+    /// Gives `answer` to the oldest request owed one (stored for a caller
+    /// still waiting, woken unless it is `me`; thrown away for one that
+    /// gave up) and frees its slot.
+    fn settle_oldest(&mut self, answer: Answer, me: Option<u64>) {
         let entry = &mut self.entries[self.owed];
         self.owed += 1;
         entry.permit = None;
@@ -590,8 +599,6 @@ impl State {
             }
             Answered::Abandoned | Answered::Ready(_) | Answered::Done => Answered::Done,
         };
-        self.settle_shutdowns(me);
-        self.pop_done();
     }
 
     /// `shutdown` gets no answer: once it is the oldest request owed one,
@@ -627,18 +634,7 @@ impl State {
         self.read_buf = BytesMut::new();
         self.write_buf = BytesMut::new();
         while self.owed < self.entries.len() {
-            let entry = &mut self.entries[self.owed];
-            self.owed += 1;
-            entry.permit = None;
-            entry.answered = match std::mem::replace(&mut entry.answered, Answered::Done) {
-                Answered::Owed(waker) => {
-                    if let Some(w) = waker.filter(|_| Some(entry.id) != me) {
-                        w.wake();
-                    }
-                    Answered::Ready(Err(e.clone()))
-                }
-                other => other,
-            };
+            self.settle_oldest(Err(e.clone()), me);
         }
         self.pop_done();
         if let Some(w) = &self.background {
