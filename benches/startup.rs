@@ -86,7 +86,9 @@ async fn sequential_start(paths: &Paths, n: usize) -> Vec<(ProcessHandle, Connec
     ready
 }
 
-fn startup(c: &mut Criterion) {
+/// A multi-threaded runtime and a temporary services folder (kept alive by
+/// the returned `TempDir`) with its paths.
+fn setup() -> (tokio::runtime::Runtime, tempfile::TempDir, Paths) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,6 +98,11 @@ fn startup(c: &mut Criterion) {
         .tempdir_in("/tmp")
         .unwrap();
     let paths = Paths::under(dir.path(), dir.path().join("daemon.sock"));
+    (rt, dir, paths)
+}
+
+fn startup(c: &mut Criterion) {
+    let (rt, _dir, paths) = setup();
     let connector = Connector::new(paths.clone());
     let grace = Duration::from_secs(2);
 
@@ -164,15 +171,7 @@ fn confined() -> ServiceConfig {
 }
 
 fn confinement(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix("exthost-bench-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let paths = Paths::under(dir.path(), dir.path().join("daemon.sock"));
+    let (rt, _dir, paths) = setup();
     let connector = Connector::new(paths);
     let grace = Duration::from_secs(2);
 

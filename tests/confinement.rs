@@ -29,6 +29,16 @@ fn spawn_error(e: &StartError) -> &SpawnError {
     }
 }
 
+/// Asserts that one of `status`'s restrictions satisfies `matches`.
+#[track_caller]
+fn assert_restriction(status: &exthost::manager::ServiceStatus, matches: impl Fn(&str) -> bool) {
+    assert!(
+        status.restrictions.iter().any(|r| matches(r)),
+        "{:?}",
+        status.restrictions
+    );
+}
+
 fn json_arg(name: &str, value: impl serde::Serialize) -> String {
     serde_json::json!({ name: value }).to_string()
 }
@@ -248,14 +258,7 @@ async fn a_host_variable_is_absent_with_inherit_env_false_and_present_by_default
         );
     }
     let status = m.status("clean").unwrap();
-    assert!(
-        status
-            .restrictions
-            .iter()
-            .any(|r| r.starts_with("env: minimal")),
-        "{:?}",
-        status.restrictions
-    );
+    assert_restriction(&status, |r| r.starts_with("env: minimal"));
     m.shutdown_all().await;
 }
 
@@ -387,14 +390,7 @@ async fn a_sandboxed_read_outside_read_is_denied_and_inside_works() {
         "secret"
     );
     let status = m.status("boxed").unwrap();
-    assert!(
-        status
-            .restrictions
-            .iter()
-            .any(|r| r.starts_with("sandbox (Landlock ABI")),
-        "{:?}",
-        status.restrictions
-    );
+    assert_restriction(&status, |r| r.starts_with("sandbox (Landlock ABI"));
     m.shutdown_all().await;
 }
 
@@ -422,14 +418,7 @@ async fn a_sandboxed_tcp_connect_is_refused_with_network_false() {
         "{refused}"
     );
     let status = m.status("closed").unwrap();
-    assert!(
-        status
-            .restrictions
-            .iter()
-            .any(|r| r.ends_with("network denied")),
-        "{:?}",
-        status.restrictions
-    );
+    assert_restriction(&status, |r| r.ends_with("network denied"));
     m.shutdown_all().await;
 }
 
@@ -460,14 +449,7 @@ async fn a_required_sandbox_without_landlock_fails_to_start_and_an_optional_one_
     }
     assert_eq!(m.status("required").unwrap().pid, None);
     let optional = m.status("optional").unwrap();
-    assert!(
-        optional
-            .restrictions
-            .iter()
-            .any(|r| r.starts_with("sandbox not enforced")),
-        "{:?}",
-        optional.restrictions
-    );
+    assert_restriction(&optional, |r| r.starts_with("sandbox not enforced"));
     m.shutdown_all().await;
 }
 
@@ -758,14 +740,9 @@ async fn a_sandbox_allows_the_binary_file_but_not_its_folder() {
         .unwrap_err();
     assert!(denied.to_string().contains("Permission denied"), "{denied}");
     let status = m.status("boxed").unwrap();
-    assert!(
-        status
-            .restrictions
-            .iter()
-            .any(|r| r.contains("read [] (+ the binary, system programs and libraries")),
-        "{:?}",
-        status.restrictions
-    );
+    assert_restriction(&status, |r| {
+        r.contains("read [] (+ the binary, system programs and libraries")
+    });
     m.shutdown_all().await;
 }
 

@@ -31,6 +31,14 @@ async fn ready_call(conn: &Connection, tool: &str) -> exthost::client::ResponseF
     c.call(ExtRequest::tool_call(tool, tool))
 }
 
+/// A call with its slot taken and polled once: its request is written and
+/// it waits (the first such call on a connection is its reader).
+async fn written_call(conn: &Connection, tool: &str) -> exthost::client::ResponseFuture {
+    let mut call = ready_call(conn, tool).await;
+    assert!(poll!(&mut call).is_pending(), "{tool} was answered at once");
+    call
+}
+
 /// Answers `tool` with its name, for the fake extension.
 fn answer(tool: &str) -> ExtResponse {
     ExtResponse::tool_result(tool)
@@ -101,10 +109,8 @@ async fn a_reader_dropped_while_waiting_hands_the_role_to_the_next_caller() {
 async fn a_caller_dropped_after_its_answer_arrived_frees_its_slot_and_shifts_nothing() {
     let (io, mut ext) = fake_pair();
     let conn = Connection::builder().max_in_flight(2).build(io);
-    let mut a = ready_call(&conn, "a").await;
-    let mut b = ready_call(&conn, "b").await;
-    assert!(poll!(&mut a).is_pending());
-    assert!(poll!(&mut b).is_pending());
+    let a = written_call(&conn, "a").await;
+    let b = written_call(&conn, "b").await;
     assert_eq!(recv(&mut ext).await.tool_name(), Some("a"));
     assert_eq!(recv(&mut ext).await.tool_name(), Some("b"));
     ext.send(answer("a")).await.unwrap();
@@ -143,8 +149,7 @@ async fn a_call_dropped_before_it_is_written_sends_nothing_and_frees_its_slot() 
 async fn an_answer_owed_to_a_dropped_caller_is_read_in_the_background_and_frees_its_slot() {
     let (io, mut ext) = fake_pair();
     let conn = Connection::new(io);
-    let mut a = ready_call(&conn, "a").await;
-    assert!(poll!(&mut a).is_pending());
+    let a = written_call(&conn, "a").await;
     assert_eq!(recv(&mut ext).await.tool_name(), Some("a"));
     drop(a);
     // The slot stays taken: the extension still owes the answer.
@@ -173,12 +178,9 @@ async fn an_answer_owed_to_a_dropped_caller_is_read_in_the_background_and_frees_
 async fn callers_behind_the_reader_get_their_answers_after_it_leaves() {
     let (io, mut ext) = fake_pair();
     let conn = Connection::builder().max_in_flight(3).build(io);
-    let mut a = ready_call(&conn, "a").await;
-    let mut b = ready_call(&conn, "b").await;
-    let mut c = ready_call(&conn, "c").await;
-    assert!(poll!(&mut a).is_pending());
-    assert!(poll!(&mut b).is_pending());
-    assert!(poll!(&mut c).is_pending());
+    let a = written_call(&conn, "a").await;
+    let b = written_call(&conn, "b").await;
+    let c = written_call(&conn, "c").await;
     for name in ["a", "b", "c"] {
         assert_eq!(recv(&mut ext).await.tool_name(), Some(name));
     }
@@ -196,8 +198,7 @@ async fn callers_behind_the_reader_get_their_answers_after_it_leaves() {
 async fn a_failure_while_a_caller_reads_fails_every_pending_call_with_the_same_cause() {
     let (io, mut ext) = fake_pair();
     let conn = Connection::builder().max_in_flight(3).build(io);
-    let mut a = ready_call(&conn, "a").await;
-    assert!(poll!(&mut a).is_pending());
+    let a = written_call(&conn, "a").await;
     // `b` and `c` wait in their own tasks: only a wake-up reaches them.
     let mut waiting = Vec::new();
     for name in ["b", "c"] {
@@ -309,8 +310,7 @@ async fn a_reader_kept_but_not_polled_does_not_hold_up_a_caller_in_its_task() {
 async fn a_reader_kept_but_not_polled_does_not_hold_up_callers_in_other_tasks() {
     let (io, mut ext) = fake_pair();
     let conn = Connection::builder().max_in_flight(2).build(io);
-    let mut a = ready_call(&conn, "a").await;
-    assert!(poll!(&mut a).is_pending());
+    let a = written_call(&conn, "a").await;
     assert_eq!(recv(&mut ext).await.tool_name(), Some("a"));
     // `b` waits in its own task; this task keeps `a` and polls only `b`'s
     // join handle, so only the background task can notice `a` is behind.
@@ -333,8 +333,7 @@ async fn a_reader_kept_but_not_polled_does_not_stop_the_stuck_limit() {
         .max_in_flight(2)
         .stuck_after(Some(Duration::from_secs(2)))
         .build(io);
-    let mut a = ready_call(&conn, "a").await;
-    assert!(poll!(&mut a).is_pending());
+    let a = written_call(&conn, "a").await;
     let b = tokio::spawn(ready_call(&conn, "b").await);
     assert_eq!(recv(&mut ext).await.tool_name(), Some("a"));
     assert_eq!(recv(&mut ext).await.tool_name(), Some("b"));
